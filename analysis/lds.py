@@ -1,0 +1,239 @@
+"""Linear dynamical systems fitted to each hidden unit's weight trajectory (METHOD section 3).
+
+For unit k, Y_k = [w_k(1) ... w_k(T)] (d x T). After removing the temporal mean, a thin SVD
+Y_k - mu_k = U S V^T gives C_k = U[:, :n], states X_k = S[:n] V[:, :n]^T and the transition
+A_k = X_k[:, 1:] pinv(X_k[:, :-1]). All units are fitted together: the SVD is taken through the
+small T x T Gram matrix of each unit, so the cost is one batched product over the unit vectors.
+
+    fit = fit_lds(trajectory.unit_vectors("rnn.l0"), order=4)
+    fit = fit_layer(trajectory, "rnn.l0", order=4)      # reads unit blocks from disk
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from analysis.errors import InvalidInputError
+
+DEFAULT_ORDER = 4
+# Singular values below this fraction of the largest are treated as zero when building C.
+_RANK_TOLERANCE = 1e-10
+
+
+@dataclass(frozen=True)
+class LDSFit:
+    """Per-unit LDS parameters for one layer (H units, observation size d, order n).
+
+    A: (H, n, n) transitions; C: (H, d, n) observation matrices with orthonormal columns;
+    mean: (H, d) temporal means (None when built from given matrices);
+    explained_variance, prediction_r2, spectral_radius: (H,) fit diagnostics (the first two are
+    NaN when built from given matrices); n_snapshots: T of the trajectory (None if unknown).
+    """
+
+    A: np.ndarray
+    C: np.ndarray
+    mean: np.ndarray | None
+    explained_variance: np.ndarray
+    prediction_r2: np.ndarray
+    spectral_radius: np.ndarray
+    n_snapshots: int | None = None
+
+    @property
+    def n_units(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def order(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def observation_size(self) -> int:
+        return self.C.shape[1]
+
+    def __len__(self) -> int:
+        return self.n_units
+
+    @classmethod
+    def from_matrices(cls, A, C, n_snapshots: int | None = None) -> "LDSFit":
+        """Build a fit from given A (H, n, n) and C (H, d, n).
+
+        C need not be orthonormal: each unit is moved to the equivalent state basis in which it
+        is (C = QR, C -> Q, A -> R A R^-1), which changes no distance. C must have full column rank.
+        """
+        A = np.asarray(A, dtype=np.float64)
+        C = np.asarray(C, dtype=np.float64)
+        if A.ndim != 3 or A.shape[1] != A.shape[2]:
+            raise InvalidInputError(f"A must have shape (H, n, n); got {A.shape}")
+        if C.ndim != 3 or C.shape[0] != A.shape[0] or C.shape[2] != A.shape[1]:
+            raise InvalidInputError(f"C must have shape (H, d, n) matching A {A.shape}; got {C.shape}")
+        if C.shape[1] < C.shape[2]:
+            raise InvalidInputError(f"C has fewer rows ({C.shape[1]}) than the state order ({C.shape[2]})")
+        _check_finite(A, "A")
+        _check_finite(C, "C")
+        Q, R = np.linalg.qr(C)
+        diag = np.abs(np.diagonal(R, axis1=1, axis2=2))
+        scale = np.maximum(diag.max(axis=1, initial=0.0), np.finfo(float).tiny)
+        deficient = np.flatnonzero((diag <= 1e-12 * scale[:, None]).any(axis=1))
+        if deficient.size:
+            raise InvalidInputError(
+                f"C of unit(s) {deficient[:10].tolist()} is rank deficient: its columns must be linearly independent"
+            )
+        A_q = R @ A @ np.linalg.inv(R)
+        nan = np.full(A.shape[0], np.nan)
+        return cls(A=A_q, C=Q, mean=None, explained_variance=nan, prediction_r2=nan.copy(),
+                   spectral_radius=spectral_radius(A_q), n_snapshots=n_snapshots)
+
+    def subset(self, units) -> "LDSFit":
+        """The fit restricted to some units (indices or a slice), in that order."""
+        pick = lambda a: None if a is None else a[units]  # noqa: E731
+        return LDSFit(A=self.A[units], C=self.C[units], mean=pick(self.mean),
+                      explained_variance=self.explained_variance[units],
+                      prediction_r2=self.prediction_r2[units],
+                      spectral_radius=self.spectral_radius[units], n_snapshots=self.n_snapshots)
+
+    @staticmethod
+    def concatenate(fits: list["LDSFit"]) -> "LDSFit":
+        if not fits:
+            raise InvalidInputError("no fits to concatenate")
+        cat = lambda name: np.concatenate([getattr(f, name) for f in fits])  # noqa: E731
+        means = None if any(f.mean is None for f in fits) else cat("mean")
+        return LDSFit(A=cat("A"), C=cat("C"), mean=means, explained_variance=cat("explained_variance"),
+                      prediction_r2=cat("prediction_r2"), spectral_radius=cat("spectral_radius"),
+                      n_snapshots=fits[0].n_snapshots)
+
+
+def spectral_radius(A: np.ndarray) -> np.ndarray:
+    """Largest eigenvalue modulus of each (n, n) matrix in a (H, n, n) stack."""
+    if A.shape[-1] == 0:
+        return np.zeros(A.shape[0])
+    return np.abs(np.linalg.eigvals(A)).max(axis=-1)
+
+
+def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
+    """Fit one LDS of the given order to every unit's trajectory (METHOD section 3).
+
+    unit_vectors: array (T, H, d), snapshot t of unit k's weight vector at [t, k].
+    Returns an LDSFit with A (H, n, n), C (H, d, n), mean (H, d) and per-unit explained variance,
+    one-step prediction R^2 and spectral radius of A. A unit whose weights never change gets
+    A = 0, an arbitrary orthonormal C and both diagnostics equal to 1 (nothing is left unexplained).
+    """
+    Y = _validated_unit_vectors(unit_vectors, order)
+    T, H, d = Y.shape
+    if H == 0:
+        raise InvalidInputError("no units to fit (H = 0)")
+    Yt = torch.from_numpy(np.ascontiguousarray(Y)).to(torch.float64).permute(1, 0, 2)  # (H, T, d)
+    mean = Yt.mean(dim=1)
+    centred = Yt - mean[:, None, :]
+    gram = centred @ centred.transpose(1, 2)  # (H, T, T)
+    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
+    s_squared = eigvals.flip(-1).clamp_min(0.0)
+    V = eigvecs.flip(-1)[:, :, :order]  # (H, T, n)
+    s = s_squared[:, :order].sqrt()  # (H, n)
+    total = s_squared.sum(dim=1)
+
+    # C = Yc V / s; columns with s ~ 0 are completed to an orthonormal basis below.
+    usable = s > _RANK_TOLERANCE * s[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+    usable &= s > 0
+    safe_s = torch.where(usable, s, torch.ones_like(s))
+    C = (centred.transpose(1, 2) @ V) / safe_s[:, None, :]  # (H, d, n)
+    C = torch.where(usable[:, None, :], C, torch.zeros_like(C))
+    for unit in torch.nonzero(~usable.all(dim=1)).flatten().tolist():
+        C[unit] = _complete_orthonormal(C[unit], usable[unit])
+
+    X = (s * usable)[:, :, None] * V.transpose(1, 2)  # (H, n, T): states
+    past, future = X[:, :, :-1], X[:, :, 1:]
+    A = future @ torch.linalg.pinv(past)
+
+    explained = torch.where(total > 0, s_squared[:, :order].sum(dim=1) / total.clamp_min(1e-300),
+                            torch.ones_like(total))
+    # One-step prediction in weight space: y(t+1) ~ mu + C A x(t). C has orthonormal columns and
+    # C^T (y(t+1) - mu) = x(t+1), so the residual follows from the Gram diagonal without d-sized work.
+    predicted = A @ past
+    energy_next = torch.diagonal(gram, dim1=1, dim2=2)[:, 1:]
+    residual = energy_next - 2 * (future * predicted).sum(dim=1) + (predicted * predicted).sum(dim=1)
+    residual_total = residual.clamp_min(0).sum(dim=1)
+    energy_total = energy_next.sum(dim=1)
+    r2 = torch.where(energy_total > 0, 1 - residual_total / energy_total.clamp_min(1e-300),
+                     torch.ones_like(energy_total))
+
+    A_np = A.numpy()
+    return LDSFit(A=A_np, C=C.numpy(), mean=mean.numpy(), explained_variance=explained.numpy(),
+                  prediction_r2=r2.numpy(), spectral_radius=spectral_radius(A_np), n_snapshots=T)
+
+
+def fit_layer(trajectory, layer: str, order: int = DEFAULT_ORDER, block_units: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> LDSFit:
+    """Fit every unit of one layer of a Trajectory, reading unit blocks from disk.
+
+    Memory stays bounded by one block of unit vectors (T x block x d) at a time; the default block
+    keeps that block under about 256 MB in float32. progress(done, total) is called after each block.
+    """
+    info = trajectory.layer_info(layer)
+    T, H, d = len(trajectory), info.hidden_size, info.unit_dim
+    if block_units is None:
+        block_units = max(1, min(H, (256 * 2**20) // max(1, 4 * T * d)))
+    fits = []
+    for start in range(0, H, block_units):
+        stop = min(H, start + block_units)
+        fits.append(fit_lds(trajectory.unit_vectors(layer, units=slice(start, stop)), order=order))
+        if progress is not None:
+            progress(stop, H)
+    return LDSFit.concatenate(fits)
+
+
+def _validated_unit_vectors(unit_vectors, order: int) -> np.ndarray:
+    Y = np.asarray(unit_vectors)
+    if Y.ndim != 3:
+        raise InvalidInputError(f"unit vectors must have shape (T, H, d); got an array of shape {Y.shape}")
+    if not np.issubdtype(Y.dtype, np.number):
+        raise InvalidInputError(f"unit vectors must be numeric; got dtype {Y.dtype}")
+    T = Y.shape[0]
+    if T < 3:
+        raise InvalidInputError(f"need at least 3 snapshots to fit dynamics; got {T}")
+    if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
+        raise InvalidInputError(f"order must be a positive integer; got {order!r}")
+    if order >= T:
+        raise InvalidInputError(f"order {order} must be smaller than the number of snapshots T = {T}; "
+                                f"use order <= {T - 1} or log more snapshots")
+    if order > Y.shape[2]:
+        raise InvalidInputError(f"order {order} exceeds the unit vector size d = {Y.shape[2]}")
+    _check_finite(Y, "unit vectors")
+    return Y
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise InvalidInputError(f"{what} contain NaN or Inf (first at index {bad}); "
+                                "check the checkpoint that produced them")
+
+
+def _complete_orthonormal(C: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Fill the unusable columns of C (d x n) with unit vectors orthogonal to the rest.
+
+    Deterministic: candidates are the coordinate axes, taken in order, Gram-Schmidt twice.
+    """
+    d, n = C.shape
+    basis = [C[:, j] for j in range(n) if usable[j]]
+    out = C.clone()
+    axis = 0
+    for j in range(n):
+        if usable[j]:
+            continue
+        while axis < d:
+            v = torch.zeros(d, dtype=C.dtype)
+            v[axis] = 1.0
+            axis += 1
+            for _ in range(2):
+                for b in basis:
+                    v = v - (b @ v) * b
+            norm = v.norm()
+            if norm > 1e-6:
+                v = v / norm
+                break
+        basis.append(v)
+        out[:, j] = v
+    return out

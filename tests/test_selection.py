@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from analysis.errors import InvalidInputError
+from analysis.selection import CRITERIA, PruningPlan, cluster_units, select_units
+
+
+def duplicated_family_distances(n_families=5, members=4, seed=0):
+    """Units in the same family are near each other (0.01-0.1); different families are far (5-6)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_families), members)
+    rng.shuffle(labels)
+    H = labels.size
+    D = np.where(labels[:, None] == labels[None, :], rng.uniform(0.01, 0.1, (H, H)), rng.uniform(5, 6, (H, H)))
+    D = np.triu(D, 1)
+    return D + D.T, labels
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.74])
+def test_prunes_round_ratio_times_h_units(criterion, ratio):
+    D, _ = duplicated_family_distances()
+    importance = np.random.default_rng(1).uniform(size=D.shape[0])
+    plan = select_units(D, ratio, criterion=criterion, importance=importance)
+    H = D.shape[0]
+    assert len(plan.pruned) == round(ratio * H)
+    assert sorted(np.concatenate([plan.kept, plan.pruned]).tolist()) == list(range(H))
+
+
+def test_dynamics_keeps_the_most_important_unit_of_each_redundant_family():
+    D, labels = duplicated_family_distances()
+    importance = np.random.default_rng(2).uniform(size=D.shape[0])
+    n_families = labels.max() + 1
+    plan = select_units(D, ratio=1 - n_families / D.shape[0], criterion="dynamics", importance=importance)
+    expected = sorted(int(np.flatnonzero(labels == f)[np.argmax(importance[labels == f])]) for f in range(n_families))
+    assert plan.kept.tolist() == expected
+
+
+def test_dynamics_without_importance_keeps_one_unit_per_family():
+    D, labels = duplicated_family_distances()
+    plan = select_units(D, ratio=0.75, criterion="dynamics")
+    assert sorted(labels[plan.kept].tolist()) == list(range(labels.max() + 1))
+
+
+def test_magnitude_prunes_the_smallest_norms():
+    importance = np.array([5.0, 1.0, 3.0, 0.5, 4.0, 2.0])
+    plan = select_units(np.zeros((6, 6)), 0.5, criterion="magnitude", importance=importance)
+    assert plan.pruned.tolist() == [1, 3, 5]
+
+
+def test_random_is_seeded_and_deterministic():
+    D = np.zeros((40, 40))
+    a = select_units(D, 0.5, criterion="random", seed=3)
+    b = select_units(D, 0.5, criterion="random", seed=3)
+    c = select_units(D, 0.5, criterion="random", seed=4)
+    assert a.pruned.tolist() == b.pruned.tolist()
+    assert a.pruned.tolist() != c.pruned.tolist()
+
+
+def test_per_layer_distances_and_ratios():
+    D0, _ = duplicated_family_distances(seed=0)
+    D1, _ = duplicated_family_distances(n_families=3, members=2, seed=1)
+    plan = select_units({"rnns.0.l0": D0, "rnns.1.l0": D1}, ratio={"rnns.0.l0": 0.5, "rnns.1.l0": 0.5})
+    assert set(plan.kept) == {"rnns.0.l0", "rnns.1.l0"}
+    assert len(plan.pruned["rnns.0.l0"]) == 10 and len(plan.pruned["rnns.1.l0"]) == 3
+    assert plan.kept_per_layer["rnns.1.l0"].tolist() == plan.kept["rnns.1.l0"].tolist()
+    restored = PruningPlan.from_dict(plan.to_dict())
+    for name in plan.layers:
+        assert restored.kept_per_layer[name].tolist() == plan.kept_per_layer[name].tolist()
+
+
+def test_cluster_cut_gives_exactly_the_requested_number_of_clusters_even_with_ties():
+    D = np.ones((9, 9)) - np.eye(9)
+    for k in range(1, 10):
+        labels = cluster_units(D, k)
+        assert len(np.unique(labels)) == k
+        assert labels[0] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ratio=1.0), r"\[0, 1\)"),
+        (dict(ratio=-0.1), r"\[0, 1\)"),
+        (dict(ratio=0.5, criterion="nope"), "unknown criterion"),
+        (dict(ratio=0.5, criterion="magnitude"), "needs unit importances"),
+        (dict(ratio=0.5, importance=np.ones(3)), "has 3 entries"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        select_units(np.zeros((6, 6)), **kwargs)
+
+
+def test_asymmetric_or_nonfinite_distances_are_refused():
+    D = np.zeros((4, 4))
+    D[0, 1] = 1.0
+    with pytest.raises(InvalidInputError, match="symmetric"):
+        select_units(D, 0.5)
+    D[1, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        select_units(D, 0.5)
