@@ -1,0 +1,143 @@
+"""Tests for analysis.download against a local HTTP server; the internet is never contacted."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+import analysis.download as download
+from analysis.corpora import load_corpus
+from analysis.download import (ChecksumMismatchError, DownloadError, download_ptb, download_verified,
+                               ptb_files_verified)
+from analysis.errors import DynapruneError, InvalidInputError
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(directory served, base URL) of an HTTP server on 127.0.0.1 with a free port."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_good_file_downloads_and_verifies(served, tmp_path):
+    root, base = served
+    payload = os.urandom(200_000)
+    (root / "good.bin").write_bytes(payload)
+    dest = tmp_path / "out" / "good.bin"
+    assert download_verified(base + "good.bin", dest, sha(payload)) == dest
+    assert dest.read_bytes() == payload
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["good.bin"]
+
+
+def test_corrupted_file_is_rejected_and_leaves_nothing(served, tmp_path):
+    root, base = served
+    (root / "data.txt").write_bytes(b"corrupted contents\n")
+    dest = tmp_path / "out" / "data.txt"
+    with pytest.raises(ChecksumMismatchError, match="expected " + sha(b"original contents\n")):
+        download_verified(base + "data.txt", dest, sha(b"original contents\n"))
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_mismatch_does_not_touch_an_existing_file(served, tmp_path):
+    root, base = served
+    (root / "data.txt").write_bytes(b"new but wrong\n")
+    dest = tmp_path / "data.txt"
+    dest.write_bytes(b"old\n")
+    with pytest.raises(ChecksumMismatchError):
+        download_verified(base + "data.txt", dest, sha(b"expected\n"))
+    assert dest.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_dir()) == ["data.txt"]
+
+
+def test_missing_file_gives_a_clear_error(served, tmp_path):
+    _, base = served
+    dest = tmp_path / "out" / "absent.txt"
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_verified(base + "absent.txt", dest, sha(b""))
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_connection_refused_gives_a_clear_error(tmp_path):
+    with socket.socket() as probe:                     # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dest = tmp_path / "x.txt"
+    with pytest.raises(DownloadError, match=f"127.0.0.1:{port}.*failed"):
+        download_verified(f"http://127.0.0.1:{port}/x.txt", dest, sha(b""), timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_schemes_and_bad_checksums_are_refused(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("local file")
+    for url in (secret.as_uri(), "ftp://127.0.0.1/x.txt", "data:text/plain,hello"):
+        with pytest.raises(DownloadError, match="only http and https"):
+            download_verified(url, tmp_path / "copy.txt", sha(b"local file"))
+    with pytest.raises(InvalidInputError, match="64 hex digits"):
+        download_verified("http://127.0.0.1/x", tmp_path / "copy.txt", "abc")
+    assert not (tmp_path / "copy.txt").exists()
+
+
+def test_size_limit_stops_the_download(served, tmp_path):
+    root, base = served
+    payload = b"x" * 10_000
+    (root / "big.bin").write_bytes(payload)
+    with pytest.raises(DownloadError, match="limit"):
+        download_verified(base + "big.bin", tmp_path / "out" / "big.bin", sha(payload), max_bytes=1000)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_ptb_rejects_files_that_are_not_the_published_ones(served, tmp_path):
+    root, base = served
+    for name in download.PTB_SHA256:
+        (root / name).write_text(" fake corpus \n")
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumMismatchError):
+        download_ptb(cache, base_url=base)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    assert issubclass(ChecksumMismatchError, DynapruneError)
+
+
+def test_download_ptb_fetches_verified_files_and_load_corpus_uses_them(served, tmp_path, monkeypatch):
+    ptb_dir = os.environ.get("DYNAPRUNE_PTB_DIR")
+    if not ptb_dir:
+        pytest.skip("DYNAPRUNE_PTB_DIR is not set; the real PTB files are needed to match the published checksums")
+    root, base = served
+    for name in download.PTB_SHA256:
+        (root / name).write_bytes((Path(ptb_dir) / name).read_bytes())
+    cache = tmp_path / "cache"
+    monkeypatch.delenv("DYNAPRUNE_PTB_DIR")
+    monkeypatch.setattr(download, "PTB_BASE_URL", base)
+    corpus = load_corpus("ptb", cache_dir=cache, download=True)
+    assert ptb_files_verified(cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(download.PTB_SHA256)
+    assert corpus.valid.numel() == 73760
+    # a second call finds the verified copy and does not download again
+    for name in download.PTB_SHA256:
+        (root / name).unlink()
+    assert download_ptb(cache, base_url=base) == cache
+    assert load_corpus("ptb", cache_dir=cache).test.numel() == 82430
