@@ -83,9 +83,8 @@ def dynamics_distances(fit: LDSFit, horizon: float | int | None = None, device=N
         stop = min(N, start + block_units)
         rows = stacked_C[start * n:stop * n]
         cross = (rows @ stacked_C[start * n:].T).reshape(stop - start, n, N - start, n).transpose(1, 2)
-        gramian = _horizon_gramians(cross, A[start:stop].transpose(1, 2)[:, None], A[None, start:],
-                                    [p[start:stop, None] for p in transposed_powers],
-                                    [p[None, start:] for p in powers], steps)
+        gramian = _horizon_gramians(cross, A[start:stop].transpose(1, 2), A[start:],
+                                    [p[start:stop] for p in transposed_powers], [p[start:] for p in powers], steps)
         logabsdet = torch.linalg.slogdet(gramian)[1]
         block = self_logdet[start:stop, None] + self_logdet[None, start:] - 2 * logabsdet
         squared[start:stop, start:] = torch.nan_to_num(block, nan=cap, posinf=cap).clamp(0.0, cap)
@@ -162,16 +161,19 @@ def _transition_powers(A: torch.Tensor, steps: int) -> list[torch.Tensor]:
 
 def _horizon_gramians(cross: torch.Tensor, left_A: torch.Tensor, right_A: torch.Tensor,
                       left_powers: list[torch.Tensor], right_powers: list[torch.Tensor], steps: int) -> torch.Tensor:
-    """sum_{tau < steps} left^tau @ cross @ right^tau, batched over pairs.
+    """sum_{tau < steps} (A_i^T)^tau cross_ij A_j^tau.
 
-    left_A holds A_i^T and right_A holds A_j, shaped to broadcast against cross; left_powers and
-    right_powers hold the matching (A^r)^T and A^r from _transition_powers.
+    cross is (I, J, n, n) for a block of pairs, or (I, n, n) for the pairs (i, i). left_A holds
+    the A_i^T (I, n, n), right_A the A_j (J or I, n, n); left_powers and right_powers hold the
+    matching (A^r)^T and A^r from _transition_powers.
     """
-    total = cross  # r = 1 term so far; each bit doubles r, and a set bit adds one more term
+    # einsum turns each product into two large batched GEMMs instead of I*J tiny ones
+    subscripts = "ica,ijab,jbe->ijce" if cross.ndim == 4 else "ica,iab,ibe->ice"
+    total = cross  # the r = 1 term; each bit doubles r, and a set bit adds one more term
     left_r, right_r = left_A, right_A
     for k, bit in enumerate(bin(steps)[3:]):
-        total = total + left_r @ total @ right_r
+        total = total + torch.einsum(subscripts, left_r, total, right_r)
         if bit == "1":
-            total = cross + left_A @ total @ right_A
+            total = cross + torch.einsum(subscripts, left_A, total, right_A)
         left_r, right_r = left_powers[k], right_powers[k]
     return total
