@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from analysis.errors import InvalidInputError
 from analysis.lds import LDSFit
@@ -66,14 +67,15 @@ def dynamics_distances(fit: LDSFit, horizon: float | int | None = None, device=N
     if math.isinf(steps):
         steps = _steps_for_infinite_horizon(A)
 
-    stacked_C = torch.as_tensor(fit.C, dtype=torch.float64, device=device).transpose(1, 2).reshape(N * n, d)
     powers = _transition_powers(A, steps)
-    # P_ii: C has orthonormal columns, so C_i^T C_i = I.
-    identity = torch.eye(n, dtype=torch.float64, device=device).expand(N, n, n)
+    C = torch.as_tensor(fit.C, dtype=torch.float64, device=device)
+    self_cross = C.transpose(1, 2) @ C  # the identity up to rounding; computed so rounding cancels
     transposed_powers = [p.transpose(1, 2) for p in powers]
-    self_gramian = _horizon_gramians(identity, A.transpose(1, 2), A, transposed_powers, powers, steps)
-    self_logdet = torch.linalg.slogdet(self_gramian)[1]
+    self_gramian = _horizon_gramians(self_cross, A.transpose(1, 2), A, transposed_powers, powers, steps)
+    self_logdet = _logabsdet(self_gramian)
 
+    stacked_C = C.transpose(1, 2).reshape(N * n, d)
+    del C
     if block_units is None:
         # about ten n x n float64 temporaries per pair
         block_units = max(1, memory_budget_bytes // max(1, N * n * n * 8 * 10))
@@ -85,7 +87,7 @@ def dynamics_distances(fit: LDSFit, horizon: float | int | None = None, device=N
         cross = (rows @ stacked_C[start * n:].T).reshape(stop - start, n, N - start, n).transpose(1, 2)
         gramian = _horizon_gramians(cross, A[start:stop].transpose(1, 2), A[start:],
                                     [p[start:stop] for p in transposed_powers], [p[start:] for p in powers], steps)
-        logabsdet = torch.linalg.slogdet(gramian)[1]
+        logabsdet = _logabsdet(gramian)
         block = self_logdet[start:stop, None] + self_logdet[None, start:] - 2 * logabsdet
         squared[start:stop, start:] = torch.nan_to_num(block, nan=cap, posinf=cap).clamp(0.0, cap)
     squared = torch.triu(squared, diagonal=1)
@@ -139,11 +141,18 @@ def _bounded_transitions(A: torch.Tensor, radius: torch.Tensor, steps) -> tuple[
 
 
 def _steps_for_infinite_horizon(A: torch.Tensor) -> int:
-    radius = float(torch.linalg.eigvals(A).abs().max()) if A.numel() else 0.0
+    with threadpool_limits(limits=1):
+        radius = float(torch.linalg.eigvals(A).abs().max()) if A.numel() else 0.0
     if radius <= 0.0:
         return 1
     needed = math.log(_INFINITE_TAIL) / math.log(radius)
     return 2 ** min(_MAX_DOUBLINGS, max(0, math.ceil(math.log2(max(needed, 1.0)))))
+
+
+def _logabsdet(matrices: torch.Tensor) -> torch.Tensor:
+    # Batched small-matrix LAPACK calls oversubscribe the cores when threaded.
+    with threadpool_limits(limits=1):
+        return torch.linalg.slogdet(matrices)[1]
 
 
 def _transition_powers(A: torch.Tensor, steps: int) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from analysis.errors import InvalidInputError
 
@@ -109,7 +110,8 @@ def spectral_radius(A: np.ndarray) -> np.ndarray:
     """Largest eigenvalue modulus of each (n, n) matrix in a (H, n, n) stack."""
     if A.shape[-1] == 0:
         return np.zeros(A.shape[0])
-    return np.abs(np.linalg.eigvals(A)).max(axis=-1)
+    with threadpool_limits(limits=1):
+        return np.abs(np.linalg.eigvals(A)).max(axis=-1)
 
 
 def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
@@ -124,11 +126,13 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     T, H, d = Y.shape
     if H == 0:
         raise InvalidInputError("no units to fit (H = 0)")
-    Yt = torch.from_numpy(np.ascontiguousarray(Y)).to(torch.float64).permute(1, 0, 2)  # (H, T, d)
+    Yt = torch.from_numpy(np.ascontiguousarray(Y)).to(torch.float64, copy=True).permute(1, 0, 2)  # (H, T, d)
     mean = Yt.mean(dim=1)
-    centred = Yt - mean[:, None, :]
+    centred = Yt.sub_(mean[:, None, :])  # in place: Yt is our own float64 copy
     gram = centred @ centred.transpose(1, 2)  # (H, T, T)
-    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
+    # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (20-60x slower here).
+    with threadpool_limits(limits=1):
+        eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
     s_squared = eigvals.flip(-1).clamp_min(0.0)
     V = eigvecs.flip(-1)[:, :, :order]  # (H, T, n)
     s = s_squared[:, :order].sqrt()  # (H, n)
@@ -145,7 +149,8 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
 
     X = (s * usable)[:, :, None] * V.transpose(1, 2)  # (H, n, T): states
     past, future = X[:, :, :-1], X[:, :, 1:]
-    A = future @ torch.linalg.pinv(past)
+    with threadpool_limits(limits=1):
+        A = future @ torch.linalg.pinv(past)
 
     explained = torch.where(total > 0, s_squared[:, :order].sum(dim=1) / total.clamp_min(1e-300),
                             torch.ones_like(total))
