@@ -5,17 +5,39 @@ structured pruning and fine-tuning. Never imports Streamlit; the dashboard in ap
     trajectory = load_trajectory("sample_checkpoints/synthetic")
     fit = fit_layer(trajectory, trajectory.layers[0])
     plan = select_units(dynamics_distances(fit), ratio=0.5)
-"""
-from analysis.distances import dynamics_distances
-from analysis.errors import (CheckpointError, DynapruneError, InvalidInputError, NoRecurrentLayerError,
-                             UnsafeCheckpointError)
-from analysis.lds import LDSFit, fit_layer, fit_lds
-from analysis.recorder import TrajectoryRecorder
-from analysis.selection import CRITERIA, PruningPlan, select_units
-from analysis.trajectory import Trajectory, load_trajectory
 
-__all__ = [
-    "CRITERIA", "CheckpointError", "DynapruneError", "InvalidInputError", "LDSFit", "NoRecurrentLayerError",
-    "PruningPlan", "Trajectory", "TrajectoryRecorder", "UnsafeCheckpointError", "dynamics_distances", "fit_layer",
-    "fit_lds", "load_trajectory", "select_units",
-]
+Names are imported on first use, so `import analysis` (and the job supervisor) stays light.
+"""
+import importlib
+
+_PUBLIC = {
+    "dynamics_distances": "analysis.distances",
+    "CheckpointError": "analysis.errors",
+    "DynapruneError": "analysis.errors",
+    "InvalidInputError": "analysis.errors",
+    "NoRecurrentLayerError": "analysis.errors",
+    "UnsafeCheckpointError": "analysis.errors",
+    "LDSFit": "analysis.lds",
+    "fit_layer": "analysis.lds",
+    "fit_lds": "analysis.lds",
+    "TrajectoryRecorder": "analysis.recorder",
+    "CRITERIA": "analysis.selection",
+    "PruningPlan": "analysis.selection",
+    "select_units": "analysis.selection",
+    "prune_units": "analysis.surgery",
+    "Trajectory": "analysis.trajectory",
+    "load_trajectory": "analysis.trajectory",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -13,13 +13,20 @@ from analysis.errors import DynapruneError
 
 # name -> module; the module is imported only when its subcommand is chosen or help is built.
 COMMANDS: dict[str, str] = {
+    "jobs": "analysis.commands.jobs",
+    "train": "analysis.commands.train",
+    "eval": "analysis.commands.eval",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (with `only`) one whose sole subcommand is `only`, so running a
+    command imports just its own module."""
     parser = argparse.ArgumentParser(prog="dynaprune", description="Prune recurrent networks by the dynamics of their weights.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command_parser)
@@ -28,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only=chosen).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except DynapruneError as error:

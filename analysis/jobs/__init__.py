@@ -1,0 +1,60 @@
+"""Background jobs: dynaprune commands that run in detached processes and outlive whoever started them.
+
+    from analysis import jobs
+    job = jobs.submit(["train", "--preset", "synthetic-tiny", "--data", "synthetic:0", "--out", "runs/a"])
+    jobs.get_job(job.id).state          # queued | running | succeeded | failed | cancelled | lost
+    jobs.read_metrics(job.id)           # records of <out>/metrics.jsonl so far
+    jobs.cancel(job.id); jobs.resume(job.id)
+
+A job lives in <DYNAPRUNE_HOME>/jobs/<id>/ (spec.json, status.json, log.txt). At most max_jobs
+(argument, else $DYNAPRUNE_MAX_JOBS, else 1; fixed per job when it is queued) run at once; the
+rest wait in submission order, also while no dashboard is open. A job's state is checked against
+its processes (pid plus process start time and boot id, so a reused pid does not count) whenever
+it is read, so a kill -9, a crash or a reboot shows up as "lost" without any daemon. A command
+killed by SIGKILL from outside is reported lost too: like a crash, it left no final word, and its
+last checkpoint is what resume continues from.
+
+Resume keeps the job id: the same arguments run again as attempt N+1, log.txt is appended to, and
+each earlier attempt (state, times, exit code, message) is kept in the job's `history`.
+Exit codes follow the shell: a command ended by signal S reports 128+S (SIGTERM: 143).
+"""
+from analysis.jobs.control import (
+    cancel,
+    get_job,
+    list_jobs,
+    out_dir_of,
+    read_log,
+    read_metrics,
+    resolve_max_jobs,
+    resume,
+    submit,
+    validate_args,
+    wait,
+)
+from analysis.jobs.store import (
+    ACTIVE_STATES,
+    CANCELLED,
+    CORRUPT,
+    FAILED,
+    JOB_ID_PATTERN,
+    LOST,
+    QUEUED,
+    RESUMABLE_STATES,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    CorruptJobError,
+    Job,
+    JobStateError,
+    UnknownJobError,
+    jobs_dir,
+    resolve_home,
+    validate_job_id,
+)
+
+__all__ = [
+    "submit", "get_job", "list_jobs", "cancel", "resume", "wait", "read_log", "read_metrics",
+    "resolve_max_jobs", "validate_args", "out_dir_of", "resolve_home", "jobs_dir", "validate_job_id",
+    "Job", "UnknownJobError", "JobStateError", "CorruptJobError", "JOB_ID_PATTERN", "STATES",
+    "ACTIVE_STATES", "RESUMABLE_STATES", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST", "CORRUPT",
+]
