@@ -28,7 +28,8 @@ _RANK_TOLERANCE = 1e-10
 class LDSFit:
     """Per-unit LDS parameters for one layer (H units, observation size d, order n).
 
-    A: (H, n, n) transitions; C: (H, d, n) observation matrices with orthonormal columns;
+    A: (H, n, n) transitions; C: (H, d, n) observation matrices with orthonormal columns (to the
+    precision of the data: about 1e-6 for float32 snapshots);
     mean: (H, d) temporal means (None when built from given matrices);
     explained_variance, prediction_r2, spectral_radius: (H,) fit diagnostics (the first two are
     NaN when built from given matrices); n_snapshots: T of the trajectory (None if unknown).
@@ -126,10 +127,13 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     T, H, d = Y.shape
     if H == 0:
         raise InvalidInputError("no units to fit (H = 0)")
-    Yt = torch.from_numpy(np.ascontiguousarray(Y)).to(torch.float64, copy=True).permute(1, 0, 2)  # (H, T, d)
-    mean = Yt.mean(dim=1)
-    centred = Yt.sub_(mean[:, None, :])  # in place: Yt is our own float64 copy
-    gram = centred @ centred.transpose(1, 2)  # (H, T, T)
+    # The d-sized work runs in the data's own precision (float32 for stored snapshots, which is all
+    # the precision they carry); everything T x T or smaller runs in float64.
+    work_dtype = torch.float64 if Y.dtype == np.float64 else torch.float32
+    data = torch.from_numpy(Y).to(work_dtype)  # (T, H, d); no copy when already work_dtype
+    mean = data.mean(dim=0)
+    centred = (data - mean).permute(1, 0, 2)  # (H, T, d) view; bmm reads it with strides, no copy
+    gram = (centred @ centred.transpose(1, 2)).to(torch.float64)  # (H, T, T)
     # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (20-60x slower here).
     with threadpool_limits(limits=1):
         eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
@@ -142,7 +146,7 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     usable = s > _RANK_TOLERANCE * s[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
     usable &= s > 0
     safe_s = torch.where(usable, s, torch.ones_like(s))
-    C = (centred.transpose(1, 2) @ V) / safe_s[:, None, :]  # (H, d, n)
+    C = (centred.transpose(1, 2) @ V.to(work_dtype)).to(torch.float64) / safe_s[:, None, :]  # (H, d, n)
     C = torch.where(usable[:, None, :], C, torch.zeros_like(C))
     for unit in torch.nonzero(~usable.all(dim=1)).flatten().tolist():
         C[unit] = _complete_orthonormal(C[unit], usable[unit])
@@ -165,7 +169,7 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
                      torch.ones_like(energy_total))
 
     A_np = A.numpy()
-    return LDSFit(A=A_np, C=C.numpy(), mean=mean.numpy(), explained_variance=explained.numpy(),
+    return LDSFit(A=A_np, C=C.numpy(), mean=mean.to(torch.float64).numpy(), explained_variance=explained.numpy(),
                   prediction_r2=r2.numpy(), spectral_radius=spectral_radius(A_np), n_snapshots=T)
 
 
