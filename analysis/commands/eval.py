@@ -1,0 +1,59 @@
+"""`dynaprune eval`: perplexity of a trained (or pruned) model on a corpus split.
+
+    dynaprune eval runs/ptb-small --split test
+    dynaprune eval runs/ptb-small/best.pt --split valid --data ptb:/moved/ptb --json
+
+The corpus the model was trained on is remembered in the checkpoint; --data is only needed when
+it moved. With --json the last line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from analysis.errors import InvalidInputError
+
+HELP = "Compute a model's perplexity on the valid or test split of its corpus."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a run directory (its best model) or a checkpoint file")
+    parser.add_argument("--split", choices=["valid", "test"], default="valid", help="split to score (default valid)")
+    parser.add_argument("--data", help="corpus spec, when the one recorded in the checkpoint moved or is missing")
+    parser.add_argument("--batch-size", type=int, default=10, help="evaluation batch size (default 10)")
+    parser.add_argument("--bptt", type=int, default=35, help="evaluation window length (default 35)")
+    parser.add_argument("--json", action="store_true", help="end the output with one JSON line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis.corpora import Vocabulary, load_corpus
+    from analysis.lm import load_model
+    from analysis.training import evaluate, perplexity
+
+    model, info = load_model(args.model)
+    spec = args.data or info.get("data_source")
+    if not spec:
+        raise InvalidInputError(f"{info['path']} does not record its corpus; pass --data SPEC "
+                                f"(ptb:<dir>, text:<dir> or synthetic:<seed>)")
+    try:
+        corpus = load_corpus(spec)
+    except (InvalidInputError, OSError) as error:
+        hint = "" if args.data else f" The model was trained on {spec!r}; pass --data SPEC if the corpus moved."
+        raise InvalidInputError(f"cannot load the corpus for {info['path']}: {error}.{hint}") from error
+    if model.config.vocab_size != len(corpus.vocab):
+        raise InvalidInputError(f"{info['path']} has a {model.config.vocab_size}-word vocabulary but corpus "
+                                f"{corpus.source} has {len(corpus.vocab)} words; pass --data with the model's own corpus")
+    if info.get("vocab") is not None and Vocabulary.from_json(info["vocab"]).itos != corpus.vocab.itos:
+        raise InvalidInputError(f"corpus {corpus.source} has a different vocabulary from the one {info['path']} was "
+                                f"trained with; pass --data with the model's own corpus")
+    mean_nll, tokens = evaluate(model, corpus.split(args.split), args.batch_size, args.bptt)
+    result = {"perplexity": perplexity(mean_nll), "mean_nll": mean_nll, "split": args.split, "tokens": tokens,
+              "oracle_perplexity": corpus.oracle_perplexity(args.split), "data": corpus.source,
+              "model": info["path"], "hidden_sizes": model.config.hidden_sizes}
+    line = f"{args.split} perplexity {result['perplexity']:.2f} over {tokens} tokens of {corpus.source}"
+    if result["oracle_perplexity"] is not None:
+        line += f" (oracle {result['oracle_perplexity']:.2f})"
+    print(line)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0

@@ -1,0 +1,72 @@
+"""`dynaprune train`: train a preset language model, recording its recurrent weights' trajectory.
+
+    dynaprune train --preset ptb-small --data ptb:/path/to/ptb --out runs/ptb-small
+    dynaprune train --preset synthetic-tiny --out runs/tiny --dry-run
+
+Running the same command again with the same --out resumes an interrupted run; SIGTERM stops it
+after the current batch with a resumable checkpoint (exit status 143).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from analysis.errors import InvalidInputError
+from analysis.lm import PRESETS, ModelConfig, preset
+
+HELP = "Train a preset RNN language model and record its weight trajectory (resumable)."
+SIGTERM_EXIT_STATUS = 143
+# A dry run touches every stage (training, recording, evaluation, checkpoints) in seconds.
+DRY_RUN_SETTINGS = {"epochs": 2, "max_batches_per_epoch": 4, "max_eval_batches": 2, "log_interval": 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model and training settings")
+    parser.add_argument("--data", help="corpus spec: ptb:<dir>, ptb (uses $DYNAPRUNE_PTB_DIR), text:<dir> or "
+                                       "synthetic[:seed]; default: the preset's corpus")
+    parser.add_argument("--out", required=True, help="run directory (created; an existing run there is resumed)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
+    parser.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="random seed (default 1111)")
+    parser.add_argument("--record-every", type=int, help="steps between trajectory snapshots (default: about 40 "
+                                                         "snapshots per run; 0: no trajectory)")
+    parser.add_argument("--record-dtype", choices=["float32", "float16"], help="precision of the snapshots")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                                                    "fastest for small models on a busy machine)")
+    parser.add_argument("--dry-run", action="store_true", help="a few batches of 2 epochs, to check the setup")
+    parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start again")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis.corpora import load_corpus
+    from analysis.training import TrainConfig, TrainingInterrupted, train_language_model
+
+    chosen = preset(args.preset)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    overrides = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "record_every": args.record_every,
+                 "record_dtype": args.record_dtype}
+    settings = {key: value for key, value in overrides.items() if value is not None}
+    if args.dry_run:
+        settings = {**settings, **DRY_RUN_SETTINGS, "epochs": min(settings.get("epochs", 2), 2)}
+    train_config = TrainConfig.from_preset(args.preset, **settings)
+    corpus = load_corpus(args.data or chosen["data"])
+    model_config = ModelConfig(vocab_size=len(corpus.vocab), **chosen["model"])
+    print(f"training {args.preset} on {corpus.source} ({corpus.train.numel()} training tokens, "
+          f"{len(corpus.vocab)} words) into {args.out}", flush=True)
+    try:
+        result = train_language_model(args.out, corpus, model_config, train_config, overwrite=args.overwrite,
+                                      progress=not args.no_progress, device=args.device)
+    except TrainingInterrupted as stopped:
+        print(f"stopped: {stopped}", flush=True)
+        return SIGTERM_EXIT_STATUS
+    summary = f"best valid perplexity {result.best_val_ppl:.2f}"
+    if result.test_ppl is not None:
+        summary += f", test perplexity {result.test_ppl:.2f}"
+    print(f"{summary}; run saved in {result.run_dir}", flush=True)
+    return 0

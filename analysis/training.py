@@ -1,0 +1,516 @@
+"""Training and evaluating word-level language models, recording the recurrent weights' trajectory.
+
+    result = train_language_model("runs/small", load_corpus("ptb"), model_config, TrainConfig.from_preset("ptb-small"))
+
+A run directory holds run.json (configs, data source), vocab.json, metrics.jsonl (one event per
+line), checkpoint_last.pt (resumable; plain tensors and types only), best.pt (best validation
+loss, see analysis.lm.save_model) and trajectory/ (analysis.recorder). Calling the function again
+on the same directory resumes exactly where it stopped; SIGTERM stops it after the current batch
+with a checkpoint written. The loop also serves fine-tuning: pass `initial_model` (a pruned
+student), `teacher` (distillation, METHOD section 8) and `extra_loss` (e.g. a regulariser).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from analysis.corpora import Corpus, batchify, get_batch
+from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
+from analysis.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text
+from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
+                         load_model, preset, read_checkpoint, save_model)
+from analysis.recorder import TrajectoryRecorder
+
+RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
+RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
+CHECKPOINT_FORMAT = "dynaprune-train-checkpoint"
+TARGET_SNAPSHOTS = 40
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+_RESUME_FREE_FIELDS = ("log_interval",)  # may change between a run and its resumption
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 13
+    optimizer: str = "sgd"           # "sgd" (the reference setting) or "adam"
+    lr: float = 1.0
+    lr_decay: float = 0.5            # multiply the rate by this each epoch after `decay_after_epoch`
+    decay_after_epoch: int = 4
+    clip: float = 5.0                # gradient-norm clipping; 0 disables
+    bptt: int = 20
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    eval_bptt: int = 35
+    seed: int = 1111
+    record_every: int | None = None  # steps between snapshots; None: about 40 per run; 0: no trajectory
+    record_dtype: str = "float32"
+    log_interval: int = 200
+    max_batches_per_epoch: int | None = None  # caps for dry runs
+    max_eval_batches: int | None = None
+    distill_alpha: float = 0.5                # used only with a teacher
+    distill_temperature: float = 2.0
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "lr", "lr_decay", "bptt", "batch_size", "eval_batch_size", "eval_bptt",
+                     "log_interval", "distill_temperature"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"training setting {name} must be positive, got {getattr(self, name)}")
+        for name in ("max_batches_per_epoch", "max_eval_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InvalidInputError(f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
+        if self.record_every is not None and self.record_every < 0:
+            raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInputError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.record_dtype not in ("float32", "float16"):
+            raise InvalidInputError(f"record_dtype must be float32 or float16, got {self.record_dtype!r}")
+        if self.clip < 0 or self.decay_after_epoch < 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise InvalidInputError("clip and decay_after_epoch must be >= 0 and distill_alpha in [0, 1]")
+        return self
+
+    def lr_at_epoch(self, epoch: int) -> float:
+        """Learning rate of 1-based `epoch`: constant, then decayed once per epoch (Zaremba et al.)."""
+        return self.lr * self.lr_decay ** max(0, epoch - self.decay_after_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InvalidInputError(f"unknown training config keys {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        return cls.from_dict({**preset(name)["training"], **overrides})
+
+
+class TrainingInterrupted(DynapruneError):
+    """Training stopped on SIGTERM after writing a resumable checkpoint."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class LossContext:
+    """What an `extra_loss` callback sees for one training batch."""
+    model: RNNLanguageModel
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    task_loss: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    epoch: int
+    step: int
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: RNNLanguageModel  # the weights after the last epoch
+    best_val_loss: float
+    best_val_ppl: float
+    test_ppl: float | None
+    steps: int
+    metrics: list[dict]
+    resumed: bool
+
+
+@dataclass
+class _Progress:
+    """Where training stands; saved in every checkpoint so a run resumes exactly."""
+    epoch: int = 1          # the epoch in progress (1-based)
+    batch: int = 0          # the next batch of that epoch
+    step: int = 0           # optimiser steps taken
+    best_val_loss: float = math.inf
+    elapsed_s: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_batches: int = 0
+    interval_loss_sum: float = 0.0
+    interval_batches: int = 0
+    test_loss: float | None = None
+    finished: bool = False
+
+
+def perplexity(mean_nll: float) -> float:
+    return math.exp(min(mean_nll, 700.0))
+
+
+@torch.no_grad()
+def evaluate(model: RNNLanguageModel, data: torch.Tensor, batch_size: int = 10, bptt: int = 35,
+             max_batches: int | None = None) -> tuple[float, int]:
+    """Mean next-token negative log-likelihood over a 1-D token stream, and the number of tokens scored.
+
+    The stream is cut into `batch_size` columns and read `bptt` tokens at a time with the hidden
+    state carried across windows (METHOD section 9); perplexity is exp of the mean.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        source = batchify(data, batch_size).to(next(model.parameters()).device)
+        hidden = model.init_hidden(batch_size)
+        total_nll, n_tokens = 0.0, 0
+        for count, start in enumerate(range(0, source.size(0) - 1, bptt)):
+            if max_batches is not None and count >= max_batches:
+                break
+            inputs, targets = get_batch(source, start, bptt)
+            logits, hidden = model(inputs, hidden)
+            total_nll += F.cross_entropy(logits.view(-1, logits.size(-1)), targets, reduction="sum").item()
+            n_tokens += targets.numel()
+    finally:
+        model.train(was_training)
+    if n_tokens == 0:
+        raise InvalidInputError(f"an evaluation stream of {data.numel()} tokens is too short for batch size {batch_size}")
+    return total_nll / n_tokens, n_tokens
+
+
+def steps_per_epoch(n_train_tokens: int, config: TrainConfig) -> int:
+    rows = n_train_tokens // config.batch_size
+    steps = max(0, math.ceil((rows - 1) / config.bptt))
+    return min(steps, config.max_batches_per_epoch or steps)
+
+
+def resolve_record_every(config: TrainConfig, n_train_tokens: int) -> int:
+    """The snapshot interval in steps; None means about TARGET_SNAPSHOTS snapshots over the run."""
+    if config.record_every is not None:
+        return int(config.record_every)
+    return max(1, math.ceil(config.epochs * steps_per_epoch(n_train_tokens, config) / TARGET_SNAPSHOTS))
+
+
+def _fingerprint(tensors) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _hidden_to(hidden, device):
+    if isinstance(hidden, torch.Tensor):
+        return hidden.to(device)
+    return type(hidden)(_hidden_to(h, device) for h in hidden)
+
+
+def train_language_model(run_dir: str | Path, corpus: Corpus, model_config: ModelConfig | None,
+                         train_config: TrainConfig, *, initial_model: RNNLanguageModel | None = None,
+                         teacher: RNNLanguageModel | None = None,
+                         extra_loss: Callable[[LossContext], torch.Tensor | None] | None = None,
+                         on_epoch_start: Callable[[RNNLanguageModel, int], None] | None = None,
+                         overwrite: bool = False, progress: bool = True, evaluate_test: bool = True,
+                         device: str | torch.device = "cpu", log: Callable[[str], None] | None = print) -> TrainResult:
+    """Train (or resume training) a language model into `run_dir`; see the module docstring.
+
+    `initial_model` starts from given weights (a copy is trained; the argument is left untouched).
+    With a `teacher`, the task loss becomes (1 - alpha) CE + alpha tau^2 KL(teacher || student).
+    `extra_loss(context)` returns a term added to the loss (or None). `on_epoch_start(model, epoch)`
+    runs before each epoch, e.g. to refresh importances; callbacks' own state is not checkpointed.
+    After the last epoch the best model is scored on the test split (`evaluate_test`).
+    Raises TrainingInterrupted after SIGTERM, once the checkpoint is written.
+    """
+    trainer = _Trainer(Path(run_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
+                       torch.device(device), overwrite, log)
+    with _sigterm_requests_stop() as stop:
+        trainer.train(stop, extra_loss, on_epoch_start, progress)
+        return trainer.finish(evaluate_test)
+
+
+class _Trainer:
+    """One run directory's training state: model, optimiser, progress, metrics, recorder."""
+
+    def __init__(self, run_dir: Path, corpus: Corpus, model_config: ModelConfig | None, config: TrainConfig,
+                 initial_model, teacher, device: torch.device, overwrite: bool, log):
+        if initial_model is not None:
+            if model_config is not None and model_config.to_dict() != initial_model.config.to_dict():
+                raise InvalidInputError("model_config and initial_model.config differ; pass only one of them")
+            model_config = initial_model.config
+        if model_config is None:
+            raise InvalidInputError("pass a model_config or an initial_model")
+        if model_config.vocab_size != len(corpus.vocab):
+            raise InvalidInputError(f"the model has a {model_config.vocab_size}-word vocabulary but corpus "
+                                    f"{corpus.source} has {len(corpus.vocab)} words; build the model for this corpus")
+        self.run_dir, self.corpus, self.config, self.device, self.log = run_dir, corpus, config, device, log
+        self.n_batches = steps_per_epoch(corpus.train.numel(), config)
+        if self.n_batches < 1:
+            raise InvalidInputError(f"the training split of {corpus.source} is too short for batch size {config.batch_size}")
+        self.record_every = resolve_record_every(config, corpus.train.numel())
+        vocab_bytes = torch.frombuffer(bytearray("\n".join(corpus.vocab.itos).encode("utf-8")), dtype=torch.uint8)
+        self.run_info = {
+            "format": "dynaprune-run", "format_version": 1, "model_config": model_config.to_dict(),
+            "train_config": {**config.to_dict(), "record_every": self.record_every},
+            "data_source": corpus.source, "vocab_size": len(corpus.vocab),
+            "data_fingerprint": _fingerprint([vocab_bytes, corpus.train, corpus.valid]),
+            "initial_model_sha256": None if initial_model is None else _fingerprint(initial_model.state_dict().values()),
+            "teacher_sha256": None if teacher is None else _fingerprint(teacher.state_dict().values())}
+        self.checkpoint_path = run_dir / LAST_CHECKPOINT_FILE
+        state = self._open_run_dir(overwrite)
+
+        torch.manual_seed(config.seed)
+        self.model = copy.deepcopy(initial_model) if initial_model is not None else RNNLanguageModel(model_config)
+        self.model.to(device).train()
+        self.teacher = None if teacher is None else copy.deepcopy(teacher).to(device).eval()
+        self.optimizer = OPTIMIZERS[config.optimizer](self.model.parameters(), lr=config.lr)
+        self.train_data = batchify(corpus.train, config.batch_size).to(device)
+        self.progress = _Progress()
+        self.hidden = self.teacher_hidden = None
+        self.metrics: list[dict] = []
+        self.resumed = state is not None
+        if state is not None:
+            self._restore(state)
+        self.recorder = None
+        if self.record_every > 0:
+            self.recorder = TrajectoryRecorder(self.model, run_dir / TRAJECTORY_DIR, every=self.record_every,
+                                               dtype=config.record_dtype)
+            if not self.resumed:
+                self.recorder.record(0, epoch=0, metrics={"lr": config.lr_at_epoch(1)})
+
+    def _open_run_dir(self, overwrite: bool) -> dict | None:
+        """The checkpoint to resume from, if any; otherwise a cleared run directory."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise InvalidInputError(f"{self.run_dir} is a file; choose a directory for the run")
+        if not overwrite and (self.run_dir / RUN_FILE).is_file() and self.checkpoint_path.is_file():
+            self._check_resumable(_read_json(self.run_dir / RUN_FILE))
+            state = read_checkpoint(self.checkpoint_path)
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint; use another output directory")
+        else:
+            state = None
+            # only this module's own files: the directory may hold other things of the user's
+            for name in RUN_ARTIFACTS:
+                (self.run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / TRAJECTORY_DIR, ignore_errors=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / METRICS_FILE, "")
+        atomic_write_json(self.run_dir / RUN_FILE, self.run_info)
+        atomic_write_json(self.run_dir / VOCAB_FILE, self.corpus.vocab.to_json())
+        return state
+
+    def _check_resumable(self, stored: dict) -> None:
+        differences = [key for key in ("model_config", "data_fingerprint", "vocab_size", "initial_model_sha256",
+                                       "teacher_sha256") if stored.get(key) != self.run_info[key]]
+        old, new = stored.get("train_config", {}), self.run_info["train_config"]
+        differences += [f"train_config.{key}" for key in sorted(set(old) | set(new))
+                        if key not in _RESUME_FREE_FIELDS and old.get(key) != new.get(key)]
+        if differences:
+            raise CheckpointError(
+                f"{self.run_dir} holds a run with different settings ({', '.join(differences)}), which cannot be "
+                f"resumed with these. Choose another output directory, or pass --overwrite to start it again")
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        torch.set_rng_state(state["rng_state"])
+        if self.device.type == "cuda" and state.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng_state"], self.device)
+        self.progress = _Progress(**state["progress"])
+        if state["hidden"] is not None:
+            self.hidden = _hidden_to(state["hidden"], self.device)
+        if state["teacher_hidden"] is not None:
+            self.teacher_hidden = _hidden_to(state["teacher_hidden"], self.device)
+        # events logged after this checkpoint (before a crash) will be logged again
+        self.metrics = list(state["metrics"])
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics))
+        if not self.progress.finished:
+            _log(self.log, f"resuming {self.run_dir} at epoch {self.progress.epoch}, batch {self.progress.batch} "
+                           f"(step {self.progress.step})")
+
+    def _write_checkpoint(self) -> None:
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "format_version": 1, "model_config": self.model.config.to_dict(),
+            "model_state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer_state": self.optimizer.state_dict(), "vocab": self.corpus.vocab.to_json(),
+            "data_source": self.corpus.source, "train_config": self.run_info["train_config"],
+            "rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "hidden": None if self.hidden is None else _hidden_to(self.hidden, "cpu"),
+            "teacher_hidden": None if self.teacher_hidden is None else _hidden_to(self.teacher_hidden, "cpu"),
+            "progress": asdict(self.progress), "metrics": self.metrics}
+        check_plain(checkpoint, str(self.checkpoint_path))
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def _emit(self, event: dict) -> None:
+        self.metrics.append(event)
+        append_json_line(self.run_dir / METRICS_FILE, event)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        p = self.progress
+        return TrainingInterrupted(f"training stopped at epoch {p.epoch}, batch {p.batch} (step {p.step}); checkpoint "
+                                   f"written to {self.checkpoint_path}; run the same command again to resume",
+                                   self.checkpoint_path)
+
+    def train(self, stop: "_StopFlag", extra_loss, on_epoch_start, show_progress: bool) -> None:
+        config, p = self.config, self.progress
+        started = time.monotonic() - p.elapsed_s
+        while p.epoch <= config.epochs:
+            epoch, lr = p.epoch, config.lr_at_epoch(p.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if on_epoch_start is not None:
+                on_epoch_start(self.model, epoch)
+            if p.batch == 0:
+                self.hidden = self.model.init_hidden(config.batch_size)
+                self.teacher_hidden = None if self.teacher is None else self.teacher.init_hidden(config.batch_size)
+            with tqdm(total=self.n_batches, initial=p.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                      leave=False, disable=not (show_progress and sys.stderr.isatty())) as bar:
+                while p.batch < self.n_batches and not stop.requested:
+                    loss = self._train_batch(epoch, extra_loss)
+                    p.step, p.batch = p.step + 1, p.batch + 1
+                    p.epoch_loss_sum, p.epoch_batches = p.epoch_loss_sum + loss, p.epoch_batches + 1
+                    p.interval_loss_sum, p.interval_batches = p.interval_loss_sum + loss, p.interval_batches + 1
+                    bar.update(1)
+                    if p.interval_batches >= config.log_interval:
+                        mean = p.interval_loss_sum / p.interval_batches
+                        self._emit({"event": "train", "epoch": epoch, "step": p.step, "batch": p.batch,
+                                    "train_loss": mean, "train_ppl": perplexity(mean), "lr": lr,
+                                    "elapsed_s": time.monotonic() - started})
+                        bar.set_postfix(ppl=f"{perplexity(mean):.1f}")
+                        p.interval_loss_sum, p.interval_batches = 0.0, 0
+                    if self.recorder is not None and p.step % self.record_every == 0:
+                        self.recorder.record(p.step, epoch=epoch, metrics={"train_loss": loss, "lr": lr})
+            p.elapsed_s = time.monotonic() - started
+            if p.batch < self.n_batches:  # stop requested mid-epoch
+                self._write_checkpoint()
+                raise self._interrupted()
+            self._end_epoch(epoch, lr, started)
+            if stop.requested and p.epoch <= config.epochs:
+                raise self._interrupted()
+
+    def _train_batch(self, epoch: int, extra_loss) -> float:
+        config = self.config
+        inputs, targets = get_batch(self.train_data, self.progress.batch * config.bptt, config.bptt)
+        self.hidden = self.model.detach_hidden(self.hidden)
+        logits, self.hidden = self.model(inputs, self.hidden)
+        flat_logits = logits.view(-1, logits.size(-1))
+        task_loss = loss = F.cross_entropy(flat_logits, targets)
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits, self.teacher_hidden = self.teacher(inputs, self.teacher_hidden)
+            tau, alpha = config.distill_temperature, config.distill_alpha
+            kl = F.kl_div(F.log_softmax(flat_logits / tau, dim=-1),
+                          F.log_softmax(teacher_logits.view_as(flat_logits) / tau, dim=-1),
+                          log_target=True, reduction="batchmean")
+            loss = (1.0 - alpha) * task_loss + alpha * tau * tau * kl
+        if extra_loss is not None:
+            extra = extra_loss(LossContext(self.model, inputs, targets, logits, task_loss, teacher_logits,
+                                           epoch, self.progress.step))
+            if extra is not None:
+                loss = loss + extra
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
+        self.optimizer.step()
+        value = task_loss.item()
+        if not math.isfinite(value):
+            raise InvalidInputError(f"training diverged at epoch {epoch}, batch {self.progress.batch} (loss {value}); "
+                                    f"lower the learning rate or the clipping threshold")
+        return value
+
+    def _end_epoch(self, epoch: int, lr: float, started: float) -> None:
+        """Validate, keep the best model, log, and checkpoint at the start of the next epoch."""
+        p, config = self.progress, self.config
+        val_loss, _ = evaluate(self.model, self.corpus.valid, config.eval_batch_size, config.eval_bptt,
+                               config.max_eval_batches)
+        train_loss = p.epoch_loss_sum / max(1, p.epoch_batches)
+        event = {"event": "epoch", "epoch": epoch, "step": p.step, "train_loss": train_loss, "val_loss": val_loss,
+                 "val_ppl": perplexity(val_loss), "lr": lr, "elapsed_s": time.monotonic() - started}
+        oracle = self.corpus.oracle_perplexity("valid")
+        if oracle is not None:
+            event["oracle_ppl"] = oracle
+        if val_loss < p.best_val_loss:
+            p.best_val_loss = val_loss
+            save_model(self.run_dir / BEST_MODEL_FILE, self.model, self.corpus.vocab,
+                       {"data_source": self.corpus.source, "epoch": epoch, "step": p.step, "val_loss": val_loss,
+                        "val_ppl": perplexity(val_loss), "train_config": self.run_info["train_config"]})
+        self._emit(event)
+        _log(self.log, f"epoch {epoch:3d} | lr {lr:.4g} | train ppl {perplexity(train_loss):8.2f} | valid ppl "
+                       f"{perplexity(val_loss):8.2f}" + (f" | oracle ppl {oracle:.2f}" if oracle is not None else "")
+                       + f" | {event['elapsed_s']:.1f}s")
+        p.epoch, p.batch, p.epoch_loss_sum, p.epoch_batches = epoch + 1, 0, 0.0, 0
+        p.elapsed_s = time.monotonic() - started
+        self.hidden = self.teacher_hidden = None
+        self._write_checkpoint()
+
+    def finish(self, evaluate_test: bool) -> TrainResult:
+        """Record the final snapshot, score the best model on the test split, and mark the run finished."""
+        p, config = self.progress, self.config
+        if not p.finished:
+            if self.recorder is not None and p.step % self.record_every != 0:
+                self.recorder.record(p.step, epoch=config.epochs, metrics={"final": True})
+            final = {"event": "final", "step": p.step, "best_val_loss": p.best_val_loss,
+                     "best_val_ppl": perplexity(p.best_val_loss), "elapsed_s": p.elapsed_s}
+            if evaluate_test and (self.run_dir / BEST_MODEL_FILE).is_file():
+                best, _ = load_model(self.run_dir / BEST_MODEL_FILE)
+                p.test_loss, tokens = evaluate(best.to(self.device), self.corpus.test, config.eval_batch_size,
+                                               config.eval_bptt, config.max_eval_batches)
+                final.update(test_loss=p.test_loss, test_ppl=perplexity(p.test_loss), test_tokens=tokens)
+                if self.corpus.oracle_perplexity("test") is not None:
+                    final["test_oracle_ppl"] = self.corpus.oracle_perplexity("test")
+            self._emit(final)
+            p.finished = True
+            self._write_checkpoint()
+            _log(self.log, f"done: best valid ppl {final['best_val_ppl']:.2f}"
+                           + (f", test ppl {final['test_ppl']:.2f}" if "test_ppl" in final else "") + f" ({self.run_dir})")
+        elif self.resumed:
+            _log(self.log, f"{self.run_dir} already holds a finished run; nothing to do (--overwrite trains it again)")
+        return TrainResult(run_dir=self.run_dir, model=self.model, best_val_loss=p.best_val_loss,
+                           best_val_ppl=perplexity(p.best_val_loss),
+                           test_ppl=None if p.test_loss is None else perplexity(p.test_loss), steps=p.step,
+                           metrics=self.metrics, resumed=self.resumed)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read the run description ({error}); use another output "
+                              f"directory or --overwrite") from error
+
+
+def _log(log: Callable[[str], None] | None, message: str) -> None:
+    if log is print:
+        tqdm.write(message, file=sys.stdout)  # keeps a progress bar intact
+    elif log is not None:
+        log(message)
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+    """While training, SIGTERM asks the loop to stop after the current batch instead of killing it."""
+    stop = _StopFlag()
+    # signal handlers can only be set from the main thread (not, e.g., inside a web app's worker)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
