@@ -141,3 +141,30 @@ def test_download_ptb_fetches_verified_files_and_load_corpus_uses_them(served, t
         (root / name).unlink()
     assert download_ptb(cache, base_url=base) == cache
     assert load_corpus("ptb", cache_dir=cache).test.numel() == 82430
+
+
+def test_download_command_refuses_a_corrupted_mirror_and_leaves_nothing(served, tmp_path, capsys):
+    from analysis.cli import main
+
+    root, base = served
+    for name in download.PTB_SHA256:
+        (root / name).write_text("not the treebank\n")
+    target = tmp_path / "ptb"
+    assert main(["download-ptb", "--to", str(target), "--mirror", base]) == 2
+    assert "has SHA-256" in capsys.readouterr().err
+    assert not target.exists() or list(target.iterdir()) == []
+
+
+def test_download_command_fetches_a_verified_copy(served, tmp_path, capsys):
+    from analysis.cli import main
+
+    source = os.environ.get("DYNAPRUNE_PTB_DIR")
+    if not source:
+        pytest.skip("DYNAPRUNE_PTB_DIR is not set; the real PTB files are needed to match the published checksums")
+    root, base = served
+    for name in download.PTB_SHA256:
+        (root / name).write_bytes((Path(source) / name).read_bytes())
+    target = tmp_path / "ptb"
+    assert main(["download-ptb", "--to", str(target), "--mirror", base]) == 0
+    assert ptb_files_verified(target)
+    assert f"--data ptb:{target}" in capsys.readouterr().out
