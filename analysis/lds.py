@@ -134,6 +134,10 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     mean = data.mean(dim=0)
     centred = (data - mean).permute(1, 0, 2)  # (H, T, d) view; bmm reads it with strides, no copy
     gram = (centred @ centred.transpose(1, 2)).to(torch.float64)  # (H, T, T)
+    # Any NaN or Inf in the data reaches the mean or the Gram matrices: checking them is enough,
+    # and saves a pass over the (large) data in the common case.
+    if not (torch.isfinite(mean).all() and torch.isfinite(gram).all()):
+        _check_finite(Y, "unit vectors")
     # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (20-60x slower here).
     with threadpool_limits(limits=1):
         eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
@@ -147,9 +151,8 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     usable &= s > 0
     safe_s = torch.where(usable, s, torch.ones_like(s))
     C = (centred.transpose(1, 2) @ V.to(work_dtype)).to(torch.float64) / safe_s[:, None, :]  # (H, d, n)
-    C = torch.where(usable[:, None, :], C, torch.zeros_like(C))
     for unit in torch.nonzero(~usable.all(dim=1)).flatten().tolist():
-        C[unit] = _complete_orthonormal(C[unit], usable[unit])
+        C[unit] = _complete_orthonormal(C[unit] * usable[unit], usable[unit])
 
     X = (s * usable)[:, :, None] * V.transpose(1, 2)  # (H, n, T): states
     past, future = X[:, :, :-1], X[:, :, 1:]
@@ -209,7 +212,6 @@ def _validated_unit_vectors(unit_vectors, order: int) -> np.ndarray:
                                 f"use order <= {T - 1} or log more snapshots")
     if order > Y.shape[2]:
         raise InvalidInputError(f"order {order} exceeds the unit vector size d = {Y.shape[2]}")
-    _check_finite(Y, "unit vectors")
     return Y
 
 
