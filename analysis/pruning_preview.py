@@ -1,0 +1,229 @@
+"""What a pruning plan would do, before any fine-tuning: parameter counts and model size before
+and after, the perplexity of the pruned model straight after surgery (zero-shot), and a curve of
+that perplexity against the pruning ratio for each selection criterion.
+
+Zero-shot perplexity is measured on the first `max_tokens` tokens of the validation split
+(default DEFAULT_MAX_EVAL_TOKENS = 10,000: half the synthetic validation split, an eighth of
+PTB's), so that moving a slider answers within a couple of seconds even for a PTB-sized model on
+one busy core (about 0.7 s for 2 x 200 LSTM units and 10,000 words). It follows METHOD section 9
+otherwise (batch 10, bptt 35, hidden state carried across windows); pass max_tokens=None for the
+whole split.
+
+    data = load_validation_tokens(info["data_source"], info.get("vocab"))
+    importance = {layer: unit_importance(trajectory, layer) for layer in trajectory.layers}
+    plan = select_units(distances, ratio=0.5, criterion="dynamics", importance=importance)
+    footprint = plan_footprint(model.config, plan)
+    ppl = zero_shot_perplexity(model, plan, data.tokens)
+    curve = zero_shot_curve(model, distances, importance, data.tokens, ratios=[0, 0.25, 0.5])
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.errors import InvalidInputError
+from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
+from analysis.selection import CRITERIA, select_units
+from analysis.surgery import prune_units
+from analysis.training import evaluate, perplexity
+
+DEFAULT_MAX_EVAL_TOKENS = 10_000
+DEFAULT_CURVE_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
+EVAL_BATCH_SIZE = 10
+EVAL_BPTT = 35
+_BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def limit_threads(n_threads: int) -> None:
+    """Cap the threads that torch and the BLAS libraries use in this process.
+
+    The dashboard evaluates small models while a background job may be training on every core;
+    oversubscribed threads then wait on each other and small evaluations slow down many-fold.
+    """
+    if isinstance(n_threads, bool) or int(n_threads) != n_threads or n_threads < 1:
+        raise InvalidInputError(f"n_threads must be a positive integer; got {n_threads!r}")
+    torch.set_num_threads(int(n_threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # comes with scikit-learn; without it only torch is capped
+        return
+    threadpool_limits(limits=int(n_threads))
+
+
+def unit_importance(trajectory, layer: str) -> np.ndarray:
+    """The default importance of each unit (METHOD section 5): the L2 norm of its final weight vector."""
+    final = trajectory.final_unit_vectors(layer, dtype=np.float64)
+    return np.linalg.norm(final, axis=1)
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def count_parameters_for(config: ModelConfig) -> dict[str, int]:
+    """Parameter counts of an RNNLanguageModel with this config, without building it:
+    {"recurrent": ..., "total": ...}, tied weights counted once (as analysis.surgery.count_parameters)."""
+    gates = GATES_PER_UNIT[config.rnn_type]
+    inputs = [int(config.embedding_size)] + [int(h) for h in config.hidden_sizes[:-1]]
+    recurrent = sum(gates * h * (d + h) + 2 * gates * h for d, h in zip(inputs, map(int, config.hidden_sizes)))
+    V, E, last = int(config.vocab_size), int(config.embedding_size), int(config.hidden_sizes[-1])
+    decoder = V + (0 if config.tie_weights else V * last)
+    return {"recurrent": int(recurrent), "total": int(V * E + recurrent + decoder)}
+
+
+@dataclass(frozen=True)
+class PlanFootprint:
+    """Sizes before and after applying a pruning plan to a model."""
+
+    hidden_before: list[int]
+    hidden_after: list[int]
+    params_before: dict[str, int]
+    params_after: dict[str, int]
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def units_removed(self) -> int:
+        return sum(self.hidden_before) - sum(self.hidden_after)
+
+    @property
+    def total_reduction(self) -> float:
+        """Fraction of all parameters the plan removes."""
+        return 1.0 - self.params_after["total"] / max(1, self.params_before["total"])
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [("hidden units", sum(self.hidden_before), sum(self.hidden_after)),
+                ("recurrent parameters", self.params_before["recurrent"], self.params_after["recurrent"]),
+                ("all parameters", self.params_before["total"], self.params_after["total"]),
+                ("model size (MB)", self.bytes_before / 1e6, self.bytes_after / 1e6)]
+        frame = pd.DataFrame(rows, columns=["quantity", "before", "after"])
+        frame["change"] = frame["after"] / frame["before"].where(frame["before"] != 0) - 1.0
+        return frame
+
+
+def plan_footprint(config: ModelConfig, plan, dtype: str = "float32") -> PlanFootprint:
+    """Hidden sizes, parameter counts and in-memory size of a model before and after `plan`
+    (a PruningPlan or {layer: kept indices}); layer names are "rnns.<i>.l0" as in the model."""
+    if dtype not in _BYTES_PER_ELEMENT:
+        raise InvalidInputError(f"dtype must be one of {sorted(_BYTES_PER_ELEMENT)}; got {dtype!r}")
+    kept = getattr(plan, "kept_per_layer", plan)
+    if not isinstance(kept, Mapping):
+        raise InvalidInputError(f"plan must be a PruningPlan or a dict layer -> kept units; got {type(plan).__name__}")
+    names = [f"rnns.{i}.l0" for i in range(len(config.hidden_sizes))]
+    unknown = sorted(set(kept) - set(names))
+    if unknown:
+        raise InvalidInputError(f"plan names unknown layer(s) {unknown}; the model's layers are {names}")
+    before = [int(h) for h in config.hidden_sizes]
+    after = [len(kept[name]) if name in kept else h for name, h in zip(names, before)]
+    if any(h < 1 for h in after):
+        raise InvalidInputError("the plan keeps no unit in some layer; keep at least one unit per layer")
+    smaller = ModelConfig.from_dict({**config.to_dict(), "hidden_sizes": after})
+    params_before, params_after = count_parameters_for(config), count_parameters_for(smaller)
+    width = _BYTES_PER_ELEMENT[dtype]
+    return PlanFootprint(before, after, params_before, params_after,
+                         params_before["total"] * width, params_after["total"] * width)
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+
+@dataclass(frozen=True)
+class ValidationTokens:
+    """A capped prefix of a corpus's validation split, ready for `evaluate`."""
+
+    tokens: torch.Tensor
+    source: str
+    total_tokens: int
+    oracle_perplexity: float | None  # of this prefix under the true language (synthetic corpora only)
+
+    @property
+    def capped(self) -> bool:
+        return self.tokens.numel() < self.total_tokens
+
+
+def load_validation_tokens(data_source: str | None, vocab_json=None,
+                           max_tokens: int | None = DEFAULT_MAX_EVAL_TOKENS) -> ValidationTokens:
+    """The validation tokens of the corpus a model was trained on (`data_source` as recorded in its
+    checkpoint, e.g. "synthetic:0" or "ptb:<dir>"), capped to the first `max_tokens`.
+
+    A "ptb:<dir>" that no longer exists falls back on $DYNAPRUNE_PTB_DIR. Raises InvalidInputError
+    when the source is unknown or missing, or when its vocabulary differs from `vocab_json` (the
+    model's own vocabulary).
+    """
+    from analysis.corpora import PTB_ENV_VAR, Vocabulary, load_corpus
+
+    if max_tokens is not None and (isinstance(max_tokens, bool) or int(max_tokens) < 2):
+        raise InvalidInputError(f"max_tokens must be at least 2 or None; got {max_tokens!r}")
+    if not data_source:
+        raise InvalidInputError("the model does not record the corpus it was trained on; zero-shot perplexity "
+                                "needs it (train it with `dynaprune train`, which records it)")
+    spec = str(data_source)
+    kind, _, argument = spec.partition(":")
+    if kind == "ptb" and argument and not os.path.isdir(argument) and os.environ.get(PTB_ENV_VAR):
+        spec = "ptb"  # the recorded directory moved; the environment says where PTB lives here
+    try:
+        corpus = load_corpus(spec)
+    except (InvalidInputError, OSError) as error:
+        raise InvalidInputError(f"cannot load the validation split of {data_source!r}: {error}") from error
+    if vocab_json is not None and Vocabulary.from_json(vocab_json).itos != corpus.vocab.itos:
+        raise InvalidInputError(f"corpus {corpus.source} has a different vocabulary from the model's; "
+                                "the model was trained on another corpus")
+    valid = corpus.valid
+    tokens = valid if max_tokens is None else valid[: int(max_tokens)]
+    oracle = None
+    if corpus.language is not None:
+        oracle = corpus.oracle_perplexity("valid") if tokens.numel() == valid.numel() \
+            else corpus.language.perplexity(tokens.numpy())
+    return ValidationTokens(tokens=tokens, source=corpus.source, total_tokens=int(valid.numel()),
+                            oracle_perplexity=oracle)
+
+
+def model_perplexity(model: RNNLanguageModel, tokens: torch.Tensor) -> float:
+    """Perplexity of a model on a token stream (METHOD section 9 settings)."""
+    if model.config.vocab_size <= int(tokens.max()):
+        raise InvalidInputError(f"tokens go up to id {int(tokens.max())} but the model has a "
+                                f"{model.config.vocab_size}-word vocabulary")
+    with torch.inference_mode():
+        mean_nll, _ = evaluate(model, tokens, batch_size=EVAL_BATCH_SIZE, bptt=EVAL_BPTT)
+    return perplexity(mean_nll)
+
+
+def zero_shot_perplexity(model: RNNLanguageModel, plan, tokens: torch.Tensor) -> float:
+    """Perplexity of `model` pruned by `plan` (no fine-tuning) on `tokens`; `model` is unchanged."""
+    return model_perplexity(prune_units(model, plan), tokens)
+
+
+def zero_shot_curve(model: RNNLanguageModel, distances: Mapping[str, np.ndarray | None],
+                    importance: Mapping[str, np.ndarray], tokens: torch.Tensor,
+                    ratios: Sequence[float] = DEFAULT_CURVE_RATIOS, criteria: Sequence[str] | None = None,
+                    seed: int = 0) -> pd.DataFrame:
+    """Zero-shot perplexity against a global pruning ratio for each criterion.
+
+    distances and importance are per layer (layer name -> array), as for select_units. Ratio 0 is
+    the unpruned model and is evaluated once. Columns: criterion, ratio, perplexity, params_total.
+    """
+    criteria = list(CRITERIA) if criteria is None else list(criteria)
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise InvalidInputError(f"unknown criteria {unknown}; choose from {sorted(CRITERIA)}")
+    if not ratios:
+        raise InvalidInputError("give at least one ratio")
+    baseline = None
+    rows = []
+    for criterion in criteria:
+        for ratio in ratios:
+            plan = select_units(dict(distances), ratio=float(ratio), criterion=criterion,
+                                importance=dict(importance), seed=seed)
+            if all(len(p.pruned) == 0 for p in plan.layers.values()):
+                if baseline is None:
+                    baseline = model_perplexity(model, tokens)
+                value = baseline
+            else:
+                value = zero_shot_perplexity(model, plan, tokens)
+            total = plan_footprint(model.config, plan).params_after["total"]
+            rows.append({"criterion": criterion, "ratio": float(ratio), "perplexity": value, "params_total": total})
+    return pd.DataFrame(rows, columns=["criterion", "ratio", "perplexity", "params_total"])

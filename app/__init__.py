@@ -1,0 +1,1 @@
+"""The dynaprune dashboard: a Streamlit app (app/main.py) whose pages live in app/views/."""

@@ -1,0 +1,286 @@
+"""Shared pieces of the dashboard pages: where data lives, which trajectory is chosen, and cached
+calls into the analysis library. UI glue only: every computation happens in analysis/.
+
+Locations: embedded samples in sample_checkpoints/ next to the package (or $DYNAPRUNE_SAMPLES_DIR),
+runs in ./runs (or $DYNAPRUNE_RUNS_DIR), uploads and jobs under the dynaprune home
+($DYNAPRUNE_HOME, see analysis.jobs).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import streamlit as st
+
+from analysis.checkpoints import extract_checkpoint_archive
+from analysis.distances import dynamics_distances
+from analysis.errors import DynapruneError
+from analysis.exploration import find_runs, heatmap_order, mds_embedding, run_kind
+from analysis.fileio import atomic_write_bytes
+from analysis.jobs import resolve_home
+from analysis.lds import DEFAULT_ORDER, fit_layer
+from analysis.lm import load_model, resolve_model_path
+from analysis.pipeline import PipelineConfig
+from analysis.pruning_preview import limit_threads, load_validation_tokens, unit_importance
+from analysis.selection import select_units
+from analysis.trajectory import MANIFEST_NAME, load_trajectory
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAMPLE = "synthetic"
+SOURCE_KEY = "source"
+ORDER_KEY = "lds_order"
+HORIZON_KEY = "lds_horizon"
+RATIO_KEY = "prune_ratio"
+CRITERION_KEY = "prune_criterion"
+SEED = 0
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def samples_dir() -> Path:
+    return Path(os.environ.get("DYNAPRUNE_SAMPLES_DIR") or PACKAGE_ROOT / "sample_checkpoints").absolute()
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("DYNAPRUNE_RUNS_DIR") or "runs").absolute()
+
+
+def uploads_dir() -> Path:
+    """A folder for this browser session's uploads under the dynaprune home."""
+    session = st.session_state.setdefault("upload_session", uuid.uuid4().hex)
+    return resolve_home() / "uploads" / session
+
+
+def has_trajectory(path: Path) -> bool:
+    return (path / MANIFEST_NAME).is_file() or (path / "trajectory" / MANIFEST_NAME).is_file()
+
+
+def list_samples() -> list[Path]:
+    root = samples_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and has_trajectory(p)]
+    # the default sample first, so a fresh start shows it
+    return sorted(found, key=lambda p: (p.name != DEFAULT_SAMPLE, p.name))
+
+
+def list_run_trajectories() -> list[Path]:
+    """Training runs under the runs folder, and each stage of pipeline outputs there."""
+    found = []
+    for run in find_runs(runs_dir()):
+        if run_kind(run) == "pipeline":
+            found += sorted((p for p in run.glob("stage_*") if p.is_dir() and has_trajectory(p)), key=lambda p: p.name)
+        elif has_trajectory(run):
+            found.append(run)
+    return found
+
+
+def display_name(path: Path | str) -> str:
+    path = Path(path)
+    for root, label in ((samples_dir(), "sample"), (runs_dir(), "runs"), (resolve_home() / "uploads", "upload")):
+        if path.is_relative_to(root):
+            return f"{label}: {path.relative_to(root)}"
+    return str(path)
+
+
+@st.cache_resource(show_spinner=False)
+def configure_threads() -> int:
+    """Once per server process: cap compute threads ($DYNAPRUNE_DASHBOARD_THREADS, default half the
+    cores, at most 4), so pages stay quick while a fine-tuning job trains on the same machine."""
+    raw = os.environ.get("DYNAPRUNE_DASHBOARD_THREADS", "").strip()
+    threads = int(raw) if raw.isdigit() and int(raw) > 0 else max(1, min(4, (os.cpu_count() or 2) // 2))
+    limit_threads(threads)
+    return threads
+
+
+def import_archive(name: str, data: bytes, folder: Path, max_unpacked_bytes: int) -> Path:
+    """Unpack an uploaded zip of checkpoints into a new folder inside `folder` and check that it
+    holds a readable trajectory; return that folder. Nothing is left behind on failure (the zip is
+    always removed; a folder that holds no trajectory is removed too)."""
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "upload.zip"
+    archive = folder / safe_name
+    try:
+        atomic_write_bytes(archive, data)
+        extracted = extract_checkpoint_archive(archive, folder, max_total_bytes=max_unpacked_bytes)
+    finally:
+        archive.unlink(missing_ok=True)
+    try:
+        trajectory(str(extracted), signature(extracted))
+    except DynapruneError:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise
+    return extracted
+
+
+# ----------------------------------------------------------------------------- chosen source
+
+
+def current_source() -> Path | None:
+    """The trajectory the pages show: the one chosen on the Data page, else the default sample."""
+    chosen = st.session_state.get(SOURCE_KEY)
+    if chosen and Path(chosen).exists():
+        return Path(chosen)
+    samples = list_samples()
+    if samples:
+        st.session_state[SOURCE_KEY] = str(samples[0])
+        return samples[0]
+    return None
+
+
+def set_source(path: Path | str) -> None:
+    st.session_state[SOURCE_KEY] = str(path)
+
+
+def signature(path: Path | str) -> float:
+    """Changes whenever the trajectory or model on disk changes; part of every cache key."""
+    path = Path(path)
+    stamps = []
+    for candidate in (path / MANIFEST_NAME, path / "trajectory" / MANIFEST_NAME, path / "best.pt", path):
+        try:
+            stamps.append(candidate.stat().st_mtime)
+        except OSError:
+            continue
+    return max(stamps, default=0.0)
+
+
+def dynamics_settings(trajectory_) -> tuple[int, int | float | None]:
+    """LDS order and horizon chosen on the Dynamics page (defaults: order 4, horizon T), the order
+    kept within what this trajectory allows."""
+    low, high = valid_order_range(trajectory_)
+    order = int(st.session_state.get(ORDER_KEY, DEFAULT_ORDER))
+    return min(max(order, low), high), st.session_state.get(HORIZON_KEY)
+
+
+def horizon_label(horizon) -> str:
+    if horizon is None:
+        return "T (the number of snapshots)"
+    return "infinite (Martin distance)" if math.isinf(horizon) else str(int(horizon))
+
+
+def require_trajectory():
+    """(trajectory, path, signature) of the current source; stops the page with a message if none."""
+    source = current_source()
+    if source is None:
+        st.info(f"No trajectory chosen and no embedded sample found in {samples_dir()}. "
+                "Pick one on the Data page.")
+        st.stop()
+    try:
+        return trajectory(str(source), signature(source)), source, signature(source)
+    except DynapruneError as error:
+        st.error(f"Cannot read {display_name(source)}: {error}")
+        st.stop()
+
+
+def source_caption(source: Path, trajectory_) -> None:
+    st.caption(f"Trajectory: **{display_name(source)}** · {len(trajectory_)} snapshots · "
+               f"layers {', '.join(trajectory_.layers)}")
+
+
+# ----------------------------------------------------------------------------- cached library calls
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def trajectory(path: str, sig: float):
+    return load_trajectory(path)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def model(path: str, sig: float):
+    """(model, info) of a source that holds a dynaprune model (best.pt); raises otherwise."""
+    return load_model(resolve_model_path(path))
+
+
+def model_or_none(path: Path | str):
+    """(model, info), or (None, reason) for trajectories without a model (e.g. uploaded checkpoints)."""
+    try:
+        return model(str(path), signature(path))
+    except DynapruneError as error:
+        return None, str(error)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the validation split...")
+def validation_tokens(path: str, sig: float):
+    _, info = model(path, sig)
+    return load_validation_tokens(info.get("data_source"), info.get("vocab"))
+
+
+def validation_for(path: Path | str):
+    """The capped validation tokens of the source model's corpus, or (None, reason)."""
+    try:
+        return validation_tokens(str(path), signature(path)), None
+    except DynapruneError as error:
+        return None, str(error)
+
+
+@st.cache_data(max_entries=32, show_spinner="Fitting dynamics and computing distances...")
+def layer_dynamics(path: str, sig: float, layer: str, order: int, horizon):
+    """(LDSFit, distance matrix, warnings) of one layer."""
+    traj = trajectory(path, sig)
+    fit = fit_layer(traj, layer, order=order)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distances = dynamics_distances(fit, horizon=horizon)
+    return fit, distances, [str(w.message) for w in caught]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def tree_order(path: str, sig: float, layer: str, order: int, horizon):
+    """Leaf order of the layer's average-linkage tree; pages regroup it by the current clusters."""
+    return heatmap_order(layer_dynamics(path, sig, layer, order, horizon)[1])
+
+
+@st.cache_data(max_entries=16, show_spinner="Placing units by their distances (MDS)...")
+def embedding(path: str, sig: float, layer: str, order: int, horizon):
+    return mds_embedding(layer_dynamics(path, sig, layer, order, horizon)[1], seed=SEED)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def importance(path: str, sig: float, layer: str):
+    return unit_importance(trajectory(path, sig), layer)
+
+
+def all_distances(path: str, sig: float, order: int, horizon) -> dict:
+    traj = trajectory(path, sig)
+    return {layer: layer_dynamics(path, sig, layer, order, horizon)[1] for layer in traj.layers}
+
+
+def all_importance(path: str, sig: float) -> dict:
+    return {layer: importance(path, sig, layer) for layer in trajectory(path, sig).layers}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def pruning_plan(path: str, sig: float, order: int, horizon, ratios: tuple, criterion: str, seed: int = SEED):
+    """The plan for per-layer ratios given as a tuple of (layer, ratio) pairs."""
+    return select_units(all_distances(path, sig, order, horizon), ratio=dict(ratios), criterion=criterion,
+                        importance=all_importance(path, sig), seed=seed)
+
+
+def valid_order_range(trajectory_) -> tuple[int, int]:
+    """Orders a fit accepts: 1 .. T-1 (and at most 12, beyond which the pictures say no more)."""
+    return 1, max(1, min(len(trajectory_) - 1, 12))
+
+
+# ----------------------------------------------------------------------------- the pipeline command
+
+def pipeline_defaults() -> dict:
+    """Default options of the pruning pipeline (`dynaprune prune`), from its configuration."""
+    defaults = PipelineConfig()
+    return {"stages": defaults.stages, "epochs_per_stage": defaults.epochs_per_stage, "da_l2": defaults.da_l2,
+            "kd_alpha": defaults.kd_alpha, "kd_tau": defaults.kd_tau}
+
+
+def argument_of(args: list[str], flag: str, default: str) -> str:
+    """The value given to `flag` in a command's argument list (the last one, as argparse takes)."""
+    value = default
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value

@@ -1,0 +1,47 @@
+"""The dynaprune dashboard: explore how an RNN's weights move during training, see which units
+share dynamics, prune by a slider, fine-tune in the background and compare the results.
+
+    streamlit run app/main.py
+
+This file only routes to the pages in app/views/.
+"""
+import sys
+from pathlib import Path
+
+# `streamlit run app/main.py` puts app/ on the path, not the project root that holds the packages.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+from analysis.errors import DynapruneError  # noqa: E402
+from app.common import configure_threads, current_source, display_name  # noqa: E402
+
+st.set_page_config(page_title="dynaprune", page_icon=":material/stacked_line_chart:", layout="wide")
+
+PAGES = {
+    "Explore": [
+        st.Page("views/data.py", title="Data", icon=":material/folder_open:", default=True),
+        st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
+        st.Page("views/dynamics.py", title="Dynamics", icon=":material/hub:"),
+    ],
+    "Pruning": [
+        st.Page("views/prune.py", title="Prune", icon=":material/content_cut:"),
+        st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    ],
+    "Learn": [
+        st.Page("views/learn.py", title="The method", icon=":material/school:"),
+    ],
+}
+
+configure_threads()
+page = st.navigation(PAGES)
+source = current_source()
+st.sidebar.caption(f"Trajectory: {display_name(source)}" if source else "No trajectory chosen")
+try:
+    page.run()
+except DynapruneError as error:
+    # Bad input found deep in the library (a corrupt snapshot, a diverged run): say what and where.
+    st.error(f"Cannot continue: {error}")

@@ -1,0 +1,114 @@
+"""Dynamics page: one linear dynamical system per unit, how well it fits, the distances between
+units' dynamics, and the clusters of units that move alike."""
+import math
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.exploration import (fit_quality_table, group_by_labels, heatmap_view, nearest_neighbours, pca_paths,
+                                  transition_eigenvalues, unit_circle)
+from analysis.selection import cluster_units
+from app import common
+
+st.title("Dynamics")
+trajectory, source, sig = common.require_trajectory()
+common.source_caption(source, trajectory)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_clusters(path: str, sig: float, layer: str, order: int, horizon, n_clusters: int):
+    return cluster_units(common.layer_dynamics(path, sig, layer, order, horizon)[1], n_clusters)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_paths(path: str, sig: float, layer: str, units: tuple):
+    traj = common.trajectory(path, sig)
+    return pca_paths(traj.unit_vectors(layer, units=list(units))).to_frame(traj.steps, units)
+
+
+# ------------------------------------------------------------------ controls
+low, high = common.valid_order_range(trajectory)
+order_now, horizon_now = common.dynamics_settings(trajectory)
+left, middle, right = st.columns(3)
+layer = left.selectbox("Layer", trajectory.layers, key="dyn_layer")
+order = middle.slider("LDS order n", low, high, order_now, key="dyn_order",
+                      help="State dimension of each unit's linear dynamical system (at most T-1).")
+choices = ["T (snapshots)", "custom", "infinite (Martin)"]
+current_choice = 0 if horizon_now is None else 2 if math.isinf(horizon_now) else 1
+horizon_choice = right.radio("Distance horizon m", choices, index=current_choice, horizontal=True, key="dyn_horizon")
+horizon = None
+if horizon_choice == "custom":
+    default = int(horizon_now) if horizon_now is not None and not math.isinf(horizon_now) else len(trajectory)
+    horizon = int(right.number_input("m", 1, 10_000, default, key="dyn_horizon_m"))
+elif horizon_choice.startswith("infinite"):
+    horizon = math.inf
+st.session_state[common.ORDER_KEY], st.session_state[common.HORIZON_KEY] = order, horizon
+
+fit, distances, notes = common.layer_dynamics(str(source), sig, layer, order, horizon)
+for note in notes:
+    st.caption(f"Note: {note}.")
+H = fit.n_units
+if H < 2:
+    st.info(f"{layer} has a single unit: there are no distances to show.")
+    st.stop()
+
+# ------------------------------------------------------------------ fit quality
+st.subheader("Fit quality per unit")
+quality = fit_quality_table(fit)
+columns = st.columns(3)
+columns[0].metric("Median explained variance", f"{quality['explained_variance'].median():.3f}")
+columns[1].metric("Median one-step R²", f"{quality['prediction_r2'].median():.3f}")
+columns[2].metric("Units with ρ(A) ≥ 1", int((quality["spectral_radius"] >= 1).sum()))
+left, right = st.columns(2)
+long = quality.melt(id_vars="unit", value_vars=["explained_variance", "prediction_r2"], var_name="measure")
+left.plotly_chart(px.histogram(long, x="value", color="measure", barmode="overlay", nbins=30, height=320)
+                  .update_layout(margin={"t": 20, "b": 40}), key="dyn_quality")
+eigen = transition_eigenvalues(fit)
+circle_x, circle_y = unit_circle()
+eig_figure = go.Figure([go.Scatter(x=circle_x, y=circle_y, mode="lines", name="unit circle",
+                                   line={"color": "grey", "dash": "dot"}),
+                        go.Scatter(x=eigen["real"], y=eigen["imag"], mode="markers", name="eigenvalues of A",
+                                   marker={"size": 5, "opacity": 0.6}, customdata=eigen["unit"],
+                                   hovertemplate="unit %{customdata}<br>%{x:.3f} %{y:+.3f}i")])
+eig_figure.update_layout(height=320, margin={"t": 20, "b": 40}, xaxis_title="real", yaxis_title="imaginary",
+                         yaxis={"scaleanchor": "x"})
+right.plotly_chart(eig_figure, key="dyn_eigenvalues")
+with st.expander("Per-unit table"):
+    st.dataframe(quality, hide_index=True, width="stretch")
+
+# ------------------------------------------------------------------ distances and clusters
+st.subheader("Distances between units' dynamics")
+n_clusters = st.slider("Clusters (average linkage on the distances)", 1, H, max(1, H // 2), key="dyn_clusters")
+labels = cached_clusters(str(source), sig, layer, order, horizon, n_clusters)
+order_units = group_by_labels(common.tree_order(str(source), sig, layer, order, horizon), labels)
+view = heatmap_view(distances, order_units)
+left, right = st.columns(2)
+ticks = order_units.astype(str) if view.block == 1 else None
+heat = go.Figure(go.Heatmap(z=view.matrix, x=ticks, y=ticks, colorscale="Viridis", colorbar={"title": "d"}))
+heat.update_layout(height=480, margin={"t": 20, "b": 40}, yaxis={"autorange": "reversed", "type": "category"},
+                   xaxis={"type": "category", "showticklabels": H <= 64})
+left.plotly_chart(heat, key="dyn_heatmap")
+left.caption("Units ordered so that each cluster is one block on the diagonal"
+             + (f"; blocks of {view.block} units averaged." if view.block > 1 else "."))
+embedding = common.embedding(str(source), sig, layer, order, horizon)
+scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=labels.astype(str),
+                     hover_name=[f"unit {k}" for k in range(H)], labels={"color": "cluster", "x": "", "y": ""},
+                     height=480)
+scatter.update_layout(margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20)
+right.plotly_chart(scatter, key="dyn_embedding")
+right.caption("Units placed so that their plane distances follow the dynamics distances (MDS).")
+
+# ------------------------------------------------------------------ one unit
+st.subheader("A unit and its nearest neighbours")
+left, right = st.columns([1, 2])
+unit = left.selectbox("Unit", list(range(H)), key="dyn_unit")
+k = left.slider("Neighbours", 1, min(10, max(1, H - 1)), min(4, max(1, H - 1)), key="dyn_neighbours")
+neighbours = nearest_neighbours(distances, unit, k, labels=labels)
+left.dataframe(neighbours, hide_index=True, width="stretch")
+chosen = (unit, *neighbours["unit"].tolist())
+paths = cached_paths(str(source), sig, layer, tuple(int(u) for u in chosen))
+paths["unit"] = paths["unit"].astype(str)
+right.plotly_chart(px.line(paths, x="pc1", y="pc2", color="unit", markers=True, hover_data=["step"], height=380)
+                   .update_layout(margin={"t": 20, "b": 40}), key="dyn_unit_paths")
+right.caption(f"Weight-vector paths of unit {unit} and its {k} nearest neighbours in dynamics distance.")

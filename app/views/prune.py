@@ -1,0 +1,134 @@
+"""Prune page: choose a ratio and a criterion, see which units go, how much smaller the model gets
+and how its perplexity changes before any fine-tuning."""
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.exploration import group_by_labels, heatmap_view, unit_status
+from analysis.pruning_preview import (DEFAULT_CURVE_RATIOS, model_perplexity, plan_footprint, zero_shot_curve,
+                                      zero_shot_perplexity)
+from analysis.selection import CRITERIA
+from app import common
+
+st.title("Prune")
+trajectory, source, sig = common.require_trajectory()
+common.source_caption(source, trajectory)
+order, horizon = common.dynamics_settings(trajectory)
+st.caption(f"Dynamics: LDS order {order}, horizon {common.horizon_label(horizon)} (change them on the Dynamics page).")
+
+
+@st.cache_data(max_entries=64, show_spinner="Zero-shot perplexity...")
+def cached_zero_shot(path: str, sig: float, order: int, horizon, ratios: tuple, criterion: str):
+    model, _ = common.model(path, sig)
+    tokens = common.validation_tokens(path, sig).tokens
+    plan = common.pruning_plan(path, sig, order, horizon, ratios, criterion)
+    if all(len(p.pruned) == 0 for p in plan.layers.values()):
+        return model_perplexity(model, tokens)
+    return zero_shot_perplexity(model, plan, tokens)
+
+
+@st.cache_data(max_entries=8, show_spinner="Zero-shot perplexity at each ratio, for each criterion...")
+def cached_curve(path: str, sig: float, order: int, horizon):
+    model, _ = common.model(path, sig)
+    return zero_shot_curve(model, common.all_distances(path, sig, order, horizon), common.all_importance(path, sig),
+                           common.validation_tokens(path, sig).tokens, ratios=DEFAULT_CURVE_RATIOS, seed=common.SEED)
+
+
+# ------------------------------------------------------------------ controls
+left, right = st.columns([2, 1])
+ratio = left.slider("Pruning ratio (fraction of hidden units removed)", 0.0, 0.9,
+                    float(st.session_state.get(common.RATIO_KEY, 0.5)), 0.05, key="prune_ratio_slider")
+names = list(CRITERIA)
+criterion = right.selectbox("Criterion", names, index=names.index(st.session_state.get(common.CRITERION_KEY,
+                                                                                        "dynamics")),
+                            key="prune_criterion_select",
+                            help="dynamics: cluster units with similar dynamics, keep the strongest of each cluster; "
+                                 "magnitude: remove the smallest final weight vectors; random: a seeded draw.")
+st.session_state[common.RATIO_KEY], st.session_state[common.CRITERION_KEY] = ratio, criterion
+ratios = {layer: ratio for layer in trajectory.layers}
+if st.toggle("Per-layer ratios", key="prune_per_layer"):
+    columns = st.columns(len(trajectory.layers))
+    for column, layer in zip(columns, trajectory.layers):
+        ratios[layer] = column.slider(layer, 0.0, 0.9, ratio, 0.05, key=f"prune_ratio_{layer}")
+ratio_items = tuple(sorted(ratios.items()))
+
+plan = common.pruning_plan(str(source), sig, order, horizon, ratio_items, criterion)
+columns = st.columns(len(plan.layers) + 1)
+for column, (layer, layer_plan) in zip(columns, plan.layers.items()):
+    column.metric(f"{layer}: units pruned", f"{len(layer_plan.pruned)} of {layer_plan.hidden_size}")
+total_pruned = sum(len(p.pruned) for p in plan.layers.values())
+columns[-1].metric("Units pruned in all", total_pruned)
+st.session_state["prune_plan"] = plan.to_dict()
+
+# ------------------------------------------------------------------ model size and perplexity
+model, info = common.model_or_none(source)
+st.subheader("Size and zero-shot perplexity")
+if model is None:
+    st.info(f"No model next to this trajectory, so no sizes or perplexity: {info}")
+else:
+    footprint = plan_footprint(model.config, plan)
+    left, right = st.columns([3, 2])
+    def number(value):
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+    left.dataframe(footprint.to_frame().style.format({"before": number, "after": number, "change": "{:+.1%}"}),
+                   hide_index=True, width="stretch")
+    validation, problem = common.validation_for(source)
+    if validation is None:
+        right.warning(f"Perplexity unavailable: {problem}")
+    else:
+        baseline = cached_zero_shot(str(source), sig, order, horizon, tuple((layer, 0.0) for layer in ratios),
+                                    criterion)
+        pruned_ppl = cached_zero_shot(str(source), sig, order, horizon, ratio_items, criterion)
+        right.metric("Zero-shot validation perplexity", f"{pruned_ppl:.2f}", f"{pruned_ppl - baseline:+.2f}",
+                     delta_color="inverse", help="Perplexity of the pruned model before any fine-tuning.")
+        right.caption(f"Unpruned: {baseline:.2f}"
+                      + (f" · oracle: {validation.oracle_perplexity:.2f}" if validation.oracle_perplexity else "")
+                      + f" · on the first {validation.tokens.numel():,} of {validation.total_tokens:,} validation "
+                        f"tokens of {validation.source}.")
+
+# ------------------------------------------------------------------ which units
+st.subheader("Which units go")
+layer = st.selectbox("Layer", trajectory.layers, key="prune_layer")
+distances = common.layer_dynamics(str(source), sig, layer, order, horizon)[1]
+layer_plan = plan.layers[layer]
+status = unit_status(layer_plan.hidden_size, layer_plan.pruned)
+embedding = common.embedding(str(source), sig, layer, order, horizon)
+left, right = st.columns(2)
+scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=status, symbol=status,
+                     color_discrete_map={"kept": "#1f77b4", "pruned": "#d62728"},
+                     symbol_map={"kept": "circle", "pruned": "x"}, hover_name=[f"unit {k}" for k in range(len(status))],
+                     labels={"color": "", "symbol": "", "x": "", "y": ""}, height=460)
+scatter.update_layout(margin={"t": 20, "b": 40})
+left.plotly_chart(scatter, key="prune_embedding")
+left.caption("Units placed by their dynamics distances (MDS); crosses are pruned.")
+order_units = common.tree_order(str(source), sig, layer, order, horizon)
+if layer_plan.clusters is not None:
+    order_units = group_by_labels(order_units, layer_plan.clusters)
+view = heatmap_view(distances, order_units, marked=layer_plan.pruned)
+heat = go.Figure(go.Heatmap(z=view.matrix, colorscale="Viridis", colorbar={"title": "d"}))
+heat.add_trace(go.Scatter(x=view.marks, y=view.marks, mode="markers", name="pruned",
+                          marker={"symbol": "x", "color": "#d62728", "size": 7},
+                          customdata=layer_plan.pruned, hovertemplate="pruned unit %{customdata}"))
+heat.update_layout(height=460, margin={"t": 20, "b": 40}, yaxis={"autorange": "reversed"}, showlegend=False,
+                   xaxis_title="units, ordered by cluster" + (f" (blocks of {view.block})" if view.block > 1 else ""),
+                   yaxis_title="")
+right.plotly_chart(heat, key="prune_heatmap")
+right.caption("Distance matrix ordered by cluster; pruned units are marked on the diagonal.")
+
+# ------------------------------------------------------------------ curve
+st.subheader("Zero-shot perplexity against the ratio")
+if model is None or common.validation_for(source)[0] is None:
+    st.info("Needs a model and its validation data.")
+else:
+    if st.button("Compute the curve for every criterion", key="prune_curve_button"):
+        st.session_state["prune_curve_for"] = (str(source), sig, order, horizon)
+    if st.session_state.get("prune_curve_for") == (str(source), sig, order, horizon):
+        curve = cached_curve(str(source), sig, order, horizon)
+        figure = px.line(curve, x="ratio", y="perplexity", color="criterion", markers=True, height=380)
+        figure.add_vline(x=ratio, line_dash="dot", line_color="grey")
+        figure.update_layout(margin={"t": 20, "b": 40}, yaxis_title="zero-shot validation perplexity")
+        st.plotly_chart(figure, key="prune_curve")
+    else:
+        st.caption(f"Prunes and evaluates the model at ratios {', '.join(map(str, DEFAULT_CURVE_RATIOS))} "
+                   "with each criterion.")

@@ -1,0 +1,329 @@
+"""The dashboard, driven by Streamlit's AppTest: every page renders on the synthetic sample, its
+widgets exist and respond (the ratio slider changes the pruned units and the figures), the
+fine-tune form creates a background job, and uploaded archives are checked before use.
+
+Uses the embedded sample in sample_checkpoints/synthetic when present, otherwise builds a tiny
+one (a few seconds of training on a small synthetic corpus).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from analysis import jobs
+from analysis.errors import InvalidInputError
+from analysis.lm import ModelConfig, RNNLanguageModel, save_model
+from analysis.recorder import TrajectoryRecorder
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+PAGES = ["views/data.py", "views/trajectories.py", "views/dynamics.py", "views/prune.py", "views/finetune.py",
+         "views/compare.py", "views/learn.py"]
+TIMEOUT_S = 60
+TINY_DATA = "synthetic:0:train=6000,valid=1500,test=500,states=8,words=60"
+
+
+def build_tiny_sample(run_dir: Path) -> None:
+    from analysis.corpora import load_corpus
+    from analysis.training import TrainConfig, train_language_model
+
+    corpus = load_corpus(TINY_DATA)
+    config = ModelConfig(vocab_size=len(corpus.vocab), embedding_size=8, hidden_sizes=[12, 10])
+    training = TrainConfig(epochs=3, lr=1.0, bptt=10, batch_size=10, max_batches_per_epoch=12, record_every=3,
+                           log_interval=100)
+    train_language_model(run_dir, corpus, config, training, progress=False, evaluate_test=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    embedded = ROOT / "sample_checkpoints"
+    if (embedded / "synthetic" / "best.pt").is_file() and (embedded / "synthetic" / "trajectory").is_dir():
+        return embedded
+    root = tmp_path_factory.mktemp("samples")
+    with threadpool_limits(limits=1):
+        build_tiny_sample(root / "synthetic")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models and small matrices are fastest on one thread, above all on busy cores."""
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=1):
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def env(samples, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
+    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
+    return tmp_path
+
+
+def open_page(page: str) -> AppTest:
+    app = AppTest.from_file(MAIN, default_timeout=TIMEOUT_S)
+    app.run()
+    if page != PAGES[0]:
+        app.switch_page(page).run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def chart(app: AppTest, key: str) -> dict:
+    found = [c for c in app.get("plotly_chart") if c.proto.id.endswith(f"-{key}")]
+    assert found, f"no chart {key!r}"
+    return json.loads(found[0].proto.spec)
+
+
+def values(array) -> list:
+    """A figure's data array as a list; plotly sends numeric arrays base64-encoded."""
+    if isinstance(array, dict) and "bdata" in array:
+        decoded = np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+        return decoded.reshape(array["shape"]).tolist() if "shape" in array else decoded.tolist()
+    return list(array)
+
+
+def metric(app: AppTest, label: str) -> str:
+    return next(m.value for m in app.metric if m.label == label)
+
+
+WIDGETS = {
+    "views/data.py": ["data_origin", "data_sample"],
+    "views/trajectories.py": ["traj_layer", "traj_units", "traj_dims", "traj_snapshot", "traj_which"],
+    "views/dynamics.py": ["dyn_layer", "dyn_order", "dyn_horizon", "dyn_clusters", "dyn_unit", "dyn_neighbours"],
+    "views/prune.py": ["prune_ratio_slider", "prune_criterion_select", "prune_per_layer", "prune_layer"],
+    "views/finetune.py": ["ft_ratio", "ft_criterion", "ft_stages", "ft_epochs", "ft_da_l2", "ft_kd_alpha",
+                          "ft_kd_tau", "ft_name"],
+    "views/compare.py": [],
+    "views/learn.py": ["learn_ratio", "learn_stages"],
+}
+CHARTS = {
+    "views/data.py": [],
+    "views/trajectories.py": ["traj_norms", "traj_pca", "traj_matrix"],
+    "views/dynamics.py": ["dyn_quality", "dyn_eigenvalues", "dyn_heatmap", "dyn_embedding", "dyn_unit_paths"],
+    "views/prune.py": ["prune_embedding", "prune_heatmap"],
+    "views/finetune.py": [],
+    "views/compare.py": ["compare_curves"],
+    "views/learn.py": ["learn_norms", "learn_paths", "learn_eigenvalues", "learn_distances", "learn_embedding",
+                       "learn_sizes", "learn_importance", "learn_schedule"],
+}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_its_widgets(env, page):
+    app = open_page(page)
+    assert not app.error, [e.value for e in app.error]
+    for key in WIDGETS[page]:
+        assert app.get_by_key(key) is not None, key
+    for key in CHARTS[page]:
+        assert chart(app, key)["data"], key
+
+
+def test_data_page_describes_the_default_sample(env, samples):
+    app = open_page("views/data.py")
+    assert int(metric(app, "Snapshots")) >= 3
+    layers = app.dataframe[0].value
+    assert list(layers["layer"]) == ["rnns.0.l0", "rnns.1.l0"]
+    assert any("synthetic" in caption.value for caption in [*app.caption, *app.sidebar.caption])
+
+
+def test_moving_the_ratio_slider_changes_the_pruned_units_and_figures(env):
+    app = open_page("views/prune.py")
+    before = int(metric(app, "Units pruned in all"))
+    crosses_before = values(chart(app, "prune_heatmap")["data"][1]["x"])
+    embedding_before = chart(app, "prune_embedding")["data"]
+    perplexity_before = metric(app, "Zero-shot validation perplexity")
+
+    app.slider(key="prune_ratio_slider").set_value(0.2).run()
+    assert not app.exception
+    after = int(metric(app, "Units pruned in all"))
+    assert after < before
+    crosses_after = values(chart(app, "prune_heatmap")["data"][1]["x"])
+    first_layer = metric(app, "rnns.0.l0: units pruned")  # the layer the figures show
+    assert len(crosses_after) == int(first_layer.split(" of ")[0]) < len(crosses_before)
+    assert chart(app, "prune_embedding")["data"] != embedding_before
+    assert metric(app, "Zero-shot validation perplexity") != perplexity_before
+
+
+def test_the_ratio_curve_is_computed_on_request(env):
+    app = open_page("views/prune.py")
+    app.button(key="prune_curve_button").click().run()
+    assert not app.exception
+    curve = chart(app, "prune_curve")
+    assert {trace["name"] for trace in curve["data"]} == {"dynamics", "magnitude", "random"}
+
+
+def test_dynamics_controls_change_the_fit_and_neighbours(env):
+    app = open_page("views/dynamics.py")
+    variance_before = metric(app, "Median explained variance")
+    app.slider(key="dyn_order").set_value(1).run()
+    assert not app.exception
+    assert metric(app, "Median explained variance") != variance_before
+    app.selectbox(key="dyn_unit").set_value(3).run()
+    neighbours = app.dataframe[-1].value
+    assert 3 not in set(neighbours["unit"]) and neighbours["distance"].is_monotonic_increasing
+    app.radio(key="dyn_horizon").set_value("infinite (Martin)").run()
+    assert not app.exception
+
+
+def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
+    app = open_page("views/finetune.py")
+    app.text_input(key="ft_name").set_value("from-the-test")
+    app.number_input(key="ft_epochs").set_value(1)
+    app.checkbox(key="ft_dry_run").check()
+    app.radio(key="ft_regularization").set_value("plain L2")
+    submit = next(b for b in app.button if "Start" in b.label)
+    submit.click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    created = jobs.list_jobs()
+    try:
+        assert len(created) == 1
+        job = created[0]
+        assert job.args[0] == "prune" and job.out_dir == str(env / "runs" / "from-the-test")
+        assert job.args[job.args.index("--epochs-per-stage") + 1] == "1"
+        assert "--dry-run" in job.args and "--plain-l2" in job.args and "--one-shot" not in job.args
+        assert job.args[job.args.index("--from") + 1] == str(samples / "synthetic")
+        assert any(job.id in message.value for message in app.success)
+        assert job.id in set(app.dataframe[0].value["job"])
+    finally:
+        for job in jobs.list_jobs():
+            if not job.finished:
+                jobs.cancel(job.id, kill_timeout_s=5)
+                jobs.wait(job.id, timeout_s=30)
+
+
+def test_jobs_of_earlier_sessions_appear_with_their_true_state(env):
+    earlier = jobs.submit(["jobs", "list", "--json"], label="an earlier session's job")
+    jobs.wait(earlier.id, timeout_s=60)
+    app = open_page("views/finetune.py")
+    app.toggle(key="ft_show_all").set_value(True).run()
+    listed = app.dataframe[0].value
+    row = listed[listed["job"] == earlier.id].iloc[0]
+    assert row["state"] == "succeeded" and row["label"] == "an earlier session's job"
+
+
+def write_pipeline(folder: Path) -> None:
+    """A finished pipeline's output, as `dynaprune prune` writes it."""
+    folder.mkdir(parents=True)
+    (folder / "pipeline.json").write_text(json.dumps({"ratio": 0.5, "stages": 2}))
+    events = [
+        {"event": "baseline", "val_ppl": 60.0, "params_recurrent": 900, "params_total": 2000, "oracle_ppl": 40.0},
+        {"event": "stage_start", "stage": 1, "ratio": 0.3, "hidden_sizes": [8, 8], "zero_shot_val_ppl": 80.0,
+         "params_recurrent": 600, "params_total": 1500},
+        {"event": "epoch", "stage": 1, "epoch": 1, "val_ppl": 62.0, "train_loss": 4.1, "elapsed_s": 1.0},
+        {"event": "stage_end", "stage": 1, "best_val_ppl": 62.0, "wall_s": 1.0},
+        {"event": "stage_start", "stage": 2, "ratio": 0.5, "hidden_sizes": [6, 6], "zero_shot_val_ppl": 90.0,
+         "params_recurrent": 400, "params_total": 1200},
+        {"event": "epoch", "stage": 2, "epoch": 1, "val_ppl": 64.0, "train_loss": 4.2, "elapsed_s": 1.0},
+        {"event": "stage_end", "stage": 2, "best_val_ppl": 64.0, "wall_s": 1.0},
+        {"event": "final", "val_ppl": 64.0, "test_ppl": 63.0, "params_recurrent": 400, "params_total": 1200,
+         "oracle_ppl": 40.0},
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    save_model(folder / "final.pt", RNNLanguageModel(ModelConfig(vocab_size=20, embedding_size=4, hidden_sizes=[6, 6])),
+               None)
+
+
+def test_compare_page_shows_stages_baseline_oracle_and_downloads(env):
+    write_pipeline(env / "runs" / "prune-a")
+    app = open_page("views/compare.py")
+    assert not app.error
+    figure = chart(app, "compare_curves")
+    names = [trace.get("name", "") for trace in figure["data"]]
+    assert any(name.endswith("zero-shot") for name in names)
+    zero_shot = next(t for t in figure["data"] if t.get("name", "").endswith("zero-shot"))
+    assert values(zero_shot["y"]) == [80.0, 90.0]
+    annotations = " ".join(a["text"] for a in figure["layout"]["annotations"])
+    assert "baseline 60.00" in annotations and "oracle 40.00" in annotations
+    table = app.dataframe[0].value
+    assert list(table["stage"]) == ["baseline", "1", "2", "final"]
+    downloads = [element for element in app.get("download_button")]
+    assert len(downloads) == 2  # the table as CSV, and final.pt
+
+
+def test_an_uploaded_archive_is_checked_and_unpacked_in_its_folder(env, samples, tmp_path):
+    from app.common import import_archive
+
+    folder = tmp_path / "uploads" / "session"
+    trajectory_dir = samples / "synthetic" / "trajectory"
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        for file in trajectory_dir.rglob("*"):
+            if file.is_file():
+                archive.write(file, Path("trajectory") / file.relative_to(trajectory_dir))
+    extracted = import_archive("my run.zip", good.read_bytes(), folder, max_unpacked_bytes=10**9)
+    assert extracted.parent == folder and (extracted / "manifest.json").is_file()
+    assert [p.name for p in folder.iterdir()] == [extracted.name]  # the zip itself is gone
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../escape.pt", b"x")
+    with pytest.raises(InvalidInputError, match="outside"):
+        import_archive("evil.zip", evil.read_bytes(), folder, max_unpacked_bytes=10**9)
+    not_a_trajectory = tmp_path / "two.zip"
+    with zipfile.ZipFile(not_a_trajectory, "w") as archive:
+        archive.writestr("ckpt_1.pt", b"not a checkpoint")
+    with pytest.raises(InvalidInputError):
+        import_archive("two.zip", not_a_trajectory.read_bytes(), folder, max_unpacked_bytes=10**9)
+    assert [p.name for p in folder.iterdir()] == [extracted.name]
+    assert not (tmp_path / "uploads" / "escape.pt").exists() and not (tmp_path / "escape.pt").exists()
+
+
+def test_a_trajectory_without_a_model_still_explores_and_prunes(samples, tmp_path, monkeypatch):
+    bare = tmp_path / "bare-samples" / "synthetic"
+    shutil.copytree(samples / "synthetic" / "trajectory", bare / "trajectory")
+    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(bare.parent))
+    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
+    app = open_page("views/prune.py")
+    assert int(metric(app, "Units pruned in all")) > 0
+    assert any("No model next to this trajectory" in message.value for message in app.info)
+    assert not any(m.label == "Zero-shot validation perplexity" for m in app.metric)
+    app = open_page("views/finetune.py")
+    assert any("cannot be fine-tuned" in message.value for message in app.info)
+    assert not app.get("form")
+
+
+def test_a_diverged_snapshot_is_reported_not_raised(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(vocab_size=12, embedding_size=4, hidden_sizes=[5]))
+    recorder = TrajectoryRecorder(model, tmp_path / "samples" / "synthetic" / "trajectory")
+    for step in range(4):
+        if step == 3:
+            with torch.no_grad():
+                model.rnns[0].weight_hh_l0[0, 0] = float("nan")
+        recorder.record(step)
+    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(tmp_path / "samples"))
+    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
+    app = open_page("views/trajectories.py")
+    assert any("NaN" in message.value and "diverged" in message.value for message in app.error)
+
+
+EMBEDDED = sorted(p.name for p in (ROOT / "sample_checkpoints").glob("*") if (p / "trajectory").is_dir())
+
+
+@pytest.mark.parametrize("name", EMBEDDED or ["synthetic"])
+def test_each_embedded_sample_can_be_chosen_and_pruned(env, samples, name):
+    app = open_page("views/data.py")
+    app.selectbox(key="data_sample").select(samples / name).run()
+    app.button(key="use_sample").click().run()
+    assert not app.exception
+    assert app.session_state["source"] == str(samples / name)
+    app.switch_page("views/prune.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert int(metric(app, "Units pruned in all")) > 0
+    problems = [w.value for w in app.warning]
+    assert not problems or all("Perplexity unavailable" in p for p in problems)  # e.g. PTB not configured
