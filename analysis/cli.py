@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "analysis.commands.jobs",
     "train": "analysis.commands.train",
     "eval": "analysis.commands.eval",
+    "prune": "analysis.commands.prune",
     "download-ptb": "analysis.commands.download_ptb",
 }
 

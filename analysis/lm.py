@@ -31,6 +31,7 @@ GATES_PER_UNIT = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 MODEL_FORMAT = "dynaprune-model"
 BEST_MODEL_FILE = "best.pt"
 LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
+PRUNED_MODEL_FILE = "final.pt"  # the result of a pruning pipeline (analysis.pipeline)
 
 
 @dataclass
@@ -231,14 +232,15 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A run directory stands for its best model (or, before the first epoch ends, its last checkpoint)."""
+    """A run directory stands for its best model (or, before the first epoch ends, its last checkpoint);
+    a pruning pipeline's directory for its final model."""
     path = Path(path)
     if path.is_dir():
-        for name in (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE):
+        for name in (BEST_MODEL_FILE, PRUNED_MODEL_FILE, LAST_CHECKPOINT_FILE):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path}: run directory holds neither {BEST_MODEL_FILE} nor {LAST_CHECKPOINT_FILE}; "
-                              f"has training finished its first epoch?")
+        raise CheckpointError(f"{path}: run directory holds neither {BEST_MODEL_FILE} nor {LAST_CHECKPOINT_FILE} (nor "
+                              f"{PRUNED_MODEL_FILE}, a finished pruning run's model); has training finished its first epoch?")
     return path
 
 

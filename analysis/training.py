@@ -35,6 +35,7 @@ from analysis.fileio import append_json_line, atomic_path, atomic_write_json, at
 from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
                          load_model, preset, read_checkpoint, save_model)
 from analysis.recorder import TrajectoryRecorder
+from analysis.regularization import distillation_kl
 
 RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
 RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
@@ -405,9 +406,7 @@ class _Trainer:
             with torch.no_grad():
                 teacher_logits, self.teacher_hidden = self.teacher(inputs, self.teacher_hidden)
             tau, alpha = config.distill_temperature, config.distill_alpha
-            kl = F.kl_div(F.log_softmax(flat_logits / tau, dim=-1),
-                          F.log_softmax(teacher_logits.view_as(flat_logits) / tau, dim=-1),
-                          log_target=True, reduction="batchmean")
+            kl = distillation_kl(flat_logits, teacher_logits.view_as(flat_logits), tau)
             loss = (1.0 - alpha) * task_loss + alpha * tau * tau * kl
         if extra_loss is not None:
             extra = extra_loss(LossContext(self.model, inputs, targets, logits, task_loss, teacher_logits,

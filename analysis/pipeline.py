@@ -1,0 +1,457 @@
+"""The iterative prune-and-fine-tune pipeline (METHOD section 8): reach a target pruning ratio in
+stages; at each stage the previous stage's best model is the teacher, units are chosen from the
+trajectory its weights followed while it trained, and the pruned student is fine-tuned with
+cross-entropy, distillation from the teacher and discrimination-aware L2, recording its own
+trajectory for the next stage.
+
+    config = PipelineConfig(ratio=0.5, stages=3, criterion="dynamics", epochs_per_stage=2)
+    result = run_pruning_pipeline("sample_checkpoints/synthetic", "runs/prune-a", config)
+
+The output directory holds pipeline.json (the options, the source, the corpus), metrics.jsonl (the
+events baseline, stage_start, epoch, stage_end, final), stage_<s>/ (a training run directory of
+stage s, plus plan.json, the units it pruned, and importances.json) and final.pt (an ordinary
+model file). Every file is written atomically; running the same call again continues where it
+stopped: finished stages are skipped and an interrupted stage resumes from its checkpoint. SIGTERM
+stops it at the next safe point (after the current batch while training) with PipelineInterrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
+from analysis.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines
+from analysis.lm import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
+from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationAwareL2
+from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
+from analysis.surgery import count_parameters, prune_units
+from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted, evaluate,
+                               perplexity, steps_per_epoch, train_language_model)
+
+PIPELINE_FILE, FINAL_MODEL_FILE = "pipeline.json", PRUNED_MODEL_FILE
+PLAN_FILE, IMPORTANCE_FILE = "plan.json", "importances.json"
+PIPELINE_FORMAT = "dynaprune-pipeline"
+REGULARIZATIONS = ("da-l2", "l2", "none")
+# A dry run goes through every step (selection, surgery, fine-tuning, recording, evaluation) in seconds.
+DRY_RUN_LIMITS = {"max_batches_per_epoch": 4, "max_eval_batches": 2, "calibration_batches": 2}
+
+
+class PipelineInterrupted(DynapruneError):
+    """The pipeline stopped on SIGTERM; running it again with the same options continues it."""
+
+
+@dataclass
+class PipelineConfig:
+    ratio: float = 0.5                  # target fraction of each layer's original units to remove
+    stages: int = 3                     # 1 is one-shot pruning
+    criterion: str = "dynamics"         # "dynamics", "magnitude" or "random" (analysis.selection.CRITERIA)
+    epochs_per_stage: int = 2
+    regularization: str = "da-l2"       # "da-l2", "l2" (plain: every s_k = 0) or "none"
+    da_l2: float = 1e-5                 # lambda of the (DA-)L2 penalty (see docs/results.md for the choice)
+    da_l2_gamma: float = 1.0
+    importance_refresh_epochs: int = 1  # re-measure importances every this many epochs (0: once per stage)
+    calibration_batches: int = DEFAULT_CALIBRATION_BATCHES
+    distillation: bool = True
+    kd_alpha: float = 0.5
+    kd_tau: float = 2.0
+    lds_order: int = 4                  # capped at T - 1 for a trajectory of T snapshots
+    horizon: int | None = None          # dynamics-distance horizon; None: the number of snapshots
+    lr: float | None = None             # fine-tuning rate; None: half the source run's initial rate
+    lr_decay: float | None = None       # None: the source run's
+    decay_after_epoch: int = 1
+    snapshots_per_stage: int = 20
+    seed: int = 0
+    dry_run: bool = False
+
+    def validate(self) -> "PipelineConfig":
+        if isinstance(self.ratio, bool) or not 0.0 < float(self.ratio) < 1.0:
+            raise InvalidInputError(f"the target pruning ratio must be in (0, 1), got {self.ratio!r}")
+        for name in ("stages", "epochs_per_stage", "calibration_batches", "lds_order"):
+            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.snapshots_per_stage < 3:
+            raise InvalidInputError(f"snapshots_per_stage must be at least 3 (an LDS fit needs 3), got {self.snapshots_per_stage}")
+        if self.criterion not in CRITERIA:
+            raise InvalidInputError(f"unknown criterion {self.criterion!r}; choose one of {sorted(CRITERIA)}")
+        if self.regularization not in REGULARIZATIONS:
+            raise InvalidInputError(f"regularization must be one of {REGULARIZATIONS}, got {self.regularization!r}")
+        if not (math.isfinite(self.da_l2) and self.da_l2 >= 0 and self.da_l2_gamma >= 0):
+            raise InvalidInputError(f"the L2 strength and gamma must be >= 0, got {self.da_l2!r}, {self.da_l2_gamma!r}")
+        if not 0.0 <= self.kd_alpha <= 1.0 or not self.kd_tau > 0:
+            raise InvalidInputError(f"kd_alpha must be in [0, 1] and kd_tau positive, got {self.kd_alpha!r}, {self.kd_tau!r}")
+        if self.importance_refresh_epochs < 0 or self.decay_after_epoch < 0:
+            raise InvalidInputError("importance_refresh_epochs and decay_after_epoch must be >= 0")
+        if (self.lr is not None and not self.lr > 0) or (self.lr_decay is not None and not self.lr_decay > 0):
+            raise InvalidInputError(f"lr and lr_decay must be positive, got {self.lr!r}, {self.lr_decay!r}")
+        if self.horizon is not None and int(self.horizon) < 1:
+            raise InvalidInputError(f"horizon must be a positive number of steps, got {self.horizon!r}")
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distillation and self.kd_alpha > 0
+
+    @property
+    def uses_penalty(self) -> bool:
+        return self.regularization != "none" and self.da_l2 > 0
+
+    def stage_ratios(self) -> list[float]:
+        """r_s = 1 - (1 - r)^(s/S) of the original size after stage s = 1..S."""
+        return [1.0 - (1.0 - float(self.ratio)) ** (s / self.stages) for s in range(1, self.stages + 1)]
+
+    def kept_units(self, hidden_size: int) -> list[int]:
+        """Units a layer of `hidden_size` (original) keeps after each stage: H - round(r_s * H)."""
+        return [int(hidden_size) - units_to_prune(int(hidden_size), r) for r in self.stage_ratios()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InvalidInputError(f"unknown pipeline options {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class PipelineSource:
+    """What the pipeline starts from: the model, its trajectory, its corpus and training settings."""
+    path: Path
+    model: RNNLanguageModel
+    model_path: Path
+    trajectory_dir: Path | None
+    data_source: str | None
+    train_config: dict
+    vocab: Any
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    model: RNNLanguageModel
+    val_ppl: float
+    test_ppl: float
+    baseline: dict
+    events: list[dict]
+
+
+def resolve_source(path: str | Path) -> PipelineSource:
+    """A training run directory, a sample directory (same layout), a pipeline output (its final
+    model and last stage's trajectory) or a model file (the trajectory of its directory, if any)."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such run directory or checkpoint")
+    root = path if path.is_dir() else path.parent
+    trajectory_dir = root if (root / TRAJECTORY_DIR).is_dir() else None
+    if path.is_dir() and (path / PIPELINE_FILE).is_file():  # its last stage trained the final model
+        stages = sorted((int(p.name.split("_")[1]) for p in path.glob("stage_*") if p.name.split("_")[1].isdigit()))
+        if not (path / FINAL_MODEL_FILE).is_file() or not stages:
+            raise InvalidInputError(f"{path}: this pruning run has not finished; finish it before pruning its result further")
+        root = trajectory_dir = path / f"stage_{stages[-1]}"
+    model, info = load_model(path)
+    run_info = _read_json(root / RUN_FILE) if (root / RUN_FILE).is_file() else {}
+    train_config = run_info.get("train_config") or info.get("train_config") or {}
+    return PipelineSource(path=path, model=model.train(), model_path=Path(info["path"]), trajectory_dir=trajectory_dir,
+                          data_source=info.get("data_source") or run_info.get("data_source"),
+                          train_config=dict(train_config), vocab=info.get("vocab"))
+
+
+def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, n_train_tokens: int) -> TrainConfig:
+    """Fine-tuning settings of one stage: the source run's, with this pipeline's epochs, rate, seed,
+    distillation and snapshot interval."""
+    known = {f.name for f in fields(TrainConfig)}
+    base = TrainConfig.from_dict({k: v for k, v in source_config.items() if k in known})
+    settings = base.to_dict()
+    settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
+                    lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
+                    decay_after_epoch=config.decay_after_epoch, seed=config.seed + stage,
+                    distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau, record_every=1)
+    if config.dry_run:
+        settings.update(max_batches_per_epoch=DRY_RUN_LIMITS["max_batches_per_epoch"],
+                        max_eval_batches=DRY_RUN_LIMITS["max_eval_batches"], log_interval=2)
+    train_config = TrainConfig.from_dict(settings)
+    total_steps = train_config.epochs * steps_per_epoch(n_train_tokens, train_config)
+    train_config.record_every = max(1, math.ceil(total_steps / (config.snapshots_per_stage - 1)))
+    return train_config.validate()
+
+
+def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
+                 config: PipelineConfig, stage: int) -> PruningPlan:
+    """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
+    from analysis.trajectory import load_trajectory
+
+    sizes = dict(zip(teacher.layer_names, (rnn.hidden_size for rnn in teacher.rnns)))
+    trajectory = None
+    if trajectory_dir is not None:
+        trajectory = load_trajectory(trajectory_dir)
+        for layer, size in sizes.items():
+            if layer not in trajectory.layers or trajectory.layer_info(layer).hidden_size != size:
+                raise InvalidInputError(f"{trajectory_dir}: the trajectory does not belong to the model being pruned "
+                                        f"(layer {layer} has {size} units in the model); give the run it came from")
+    elif config.criterion == "dynamics":
+        raise InvalidInputError("the dynamics criterion needs the trajectory the model's weights followed in training; "
+                                "start from a run or sample directory with a trajectory/ folder")
+    distances, importance, ratio = {}, {}, {}
+    for layer in kept_target:
+        ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
+        if trajectory is not None:
+            final = trajectory.final_unit_vectors(layer, dtype=np.float64)
+        else:  # no trajectory: the model's own unit weight vectors are the final ones
+            rnn = teacher.rnns[teacher.layer_names.index(layer)]
+            rows = torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], dim=1).detach().double()
+            final = rows.view(-1, sizes[layer], rows.shape[1]).transpose(0, 1).reshape(sizes[layer], -1).numpy()
+        importance[layer] = np.linalg.norm(final, axis=1)
+        distances[layer] = None
+        if config.criterion == "dynamics" and ratio[layer] > 0:
+            from analysis.distances import dynamics_distances
+            from analysis.lds import fit_layer
+
+            fit = fit_layer(trajectory, layer, order=min(config.lds_order, len(trajectory) - 1))
+            distances[layer] = dynamics_distances(fit, horizon=config.horizon)
+    plan = select_units(distances, ratio, criterion=config.criterion, importance=importance, seed=config.seed + stage)
+    for layer, target in kept_target.items():
+        if len(plan.layers[layer].kept) != target:
+            raise DynapruneError(f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
+    return plan
+
+
+def run_pruning_pipeline(source: str | Path, out_dir: str | Path, config: PipelineConfig, *, data: str | None = None,
+                         corpus=None, overwrite: bool = False, progress: bool = True, device: str = "cpu",
+                         log: Callable[[str], None] | None = print) -> PipelineResult:
+    """Prune the model in `source` to `config.ratio` in `config.stages` stages into `out_dir`; see the
+    module docstring. `data` overrides the corpus recorded with the source (`corpus`: one already
+    loaded). Raises PipelineInterrupted after SIGTERM, once everything so far is saved."""
+    return _Pipeline(Path(source), Path(out_dir), config.validate(), data, corpus, overwrite, progress,
+                     torch.device(device), log).run()
+
+
+class _Pipeline:
+    def __init__(self, source_path, out, config, data, corpus, overwrite, progress, device, log):
+        from analysis.corpora import Vocabulary, load_corpus
+
+        self.out, self.config, self.progress, self.device, self.log = out, config, progress, device, log
+        self.source = resolve_source(source_path)
+        spec = data or self.source.data_source
+        if not spec and corpus is None:
+            raise InvalidInputError(f"{self.source.model_path} does not record its corpus; pass --data SPEC")
+        self.corpus = corpus if corpus is not None else load_corpus(spec)
+        if self.source.model.config.vocab_size != len(self.corpus.vocab) or (
+                self.source.vocab is not None and Vocabulary.from_json(self.source.vocab).itos != self.corpus.vocab.itos):
+            raise InvalidInputError(f"corpus {self.corpus.source} does not have the vocabulary {self.source.model_path} "
+                                    f"was trained with; pass --data with the model's own corpus")
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"{out} is a file; choose a directory for the pruning run")
+        original = self.source.model
+        self.kept = {name: config.kept_units(rnn.hidden_size) for name, rnn in zip(original.layer_names, original.rnns)}
+        if original.config.tie_weights:  # the last layer must keep the embedding size
+            self.kept[original.layer_names[-1]] = [original.rnns[-1].hidden_size] * config.stages
+        self.description = {
+            "format": PIPELINE_FORMAT, "format_version": 1, "config": config.to_dict(),
+            "source": str(self.source.path.resolve()), "source_model": str(self.source.model_path.resolve()),
+            "source_model_sha256": _fingerprint(original), "data_source": self.corpus.source,
+            "original_hidden_sizes": list(original.config.hidden_sizes), "stage_ratios": config.stage_ratios(),
+            "stage_hidden_sizes": [[self.kept[name][s] for name in original.layer_names] for s in range(config.stages)]}
+        self._open(overwrite)
+        self.events = read_json_lines(out / METRICS_FILE)
+
+    def _open(self, overwrite: bool) -> None:
+        stored_path = self.out / PIPELINE_FILE
+        if stored_path.is_file() and not overwrite:
+            stored = _read_json(stored_path)
+            old_config, new_config = stored.get("config") or {}, self.description["config"]
+            differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
+                           for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
+            differences += [key for key in ("source_model_sha256", "data_source") if stored.get(key) != self.description[key]]
+            if differences:
+                raise CheckpointError(f"{self.out} holds a pruning run with different settings ({', '.join(differences)}); "
+                                      f"choose another output directory, or pass --overwrite to start it again")
+            return
+        stage_dirs = [p for p in self.out.glob("stage_*") if p.is_dir()]
+        if stage_dirs and not stored_path.is_file():
+            raise InvalidInputError(f"{self.out} holds {stage_dirs[0].name}/ but no {PIPELINE_FILE}; it is not a pruning "
+                                    f"run's directory. Choose another output directory")
+        for stage_dir in stage_dirs:  # an earlier run of this pipeline, started again (overwrite)
+            shutil.rmtree(stage_dir)
+        for name in (METRICS_FILE, FINAL_MODEL_FILE):
+            (self.out / name).unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / METRICS_FILE, "")
+        atomic_write_json(stored_path, self.description)
+
+    def _emit(self, event: dict) -> None:
+        self.events.append(event)
+        append_json_line(self.out / METRICS_FILE, event)
+
+    def _find(self, kind: str, stage: int | None = None) -> dict | None:
+        return next((e for e in self.events if e.get("event") == kind and (stage is None or e.get("stage") == stage)), None)
+
+    def _say(self, message: str) -> None:
+        if self.log is print:
+            tqdm.write(message, file=sys.stdout)  # keeps a progress bar intact
+            sys.stdout.flush()
+        elif self.log is not None:
+            self.log(message)
+
+    def _evaluate(self, model: RNNLanguageModel, split: str) -> float:
+        limit = DRY_RUN_LIMITS["max_eval_batches"] if self.config.dry_run else None
+        mean_nll, _ = evaluate(model.to(self.device), self.corpus.split(split), 10, 35, limit)
+        return perplexity(mean_nll)
+
+    def _reference(self, model: RNNLanguageModel, kind: str) -> dict:
+        event = {"event": kind, "val_ppl": self._evaluate(model, "valid"), "test_ppl": self._evaluate(model, "test"),
+                 **{f"params_{k}": v for k, v in count_parameters(model).items()},
+                 "hidden_sizes": list(model.config.hidden_sizes)}
+        if self.corpus.oracle_perplexity("valid") is not None:
+            event.update(oracle_ppl=self.corpus.oracle_perplexity("valid"),
+                         test_oracle_ppl=self.corpus.oracle_perplexity("test"))
+        return event
+
+    def run(self) -> PipelineResult:
+        with _sigterm_requests_stop() as stop:
+            if self._find("baseline") is None:
+                baseline = self._reference(self.source.model, "baseline")
+                self._emit(baseline)
+                self._say(f"baseline {self.source.path}: hidden sizes {baseline['hidden_sizes']}, valid ppl "
+                          f"{baseline['val_ppl']:.2f}, test ppl {baseline['test_ppl']:.2f}, "
+                          f"{baseline['params_recurrent']} recurrent / {baseline['params_total']} parameters")
+            teacher, trajectory_dir = self.source.model, self.source.trajectory_dir
+            for stage in range(1, self.config.stages + 1):
+                stage_dir = self.out / f"stage_{stage}"
+                if self._find("stage_end", stage) is None:
+                    self._run_stage(stage, stage_dir, teacher, trajectory_dir, stop)
+                teacher, _ = load_model(stage_dir / BEST_MODEL_FILE)
+                teacher.train()
+                trajectory_dir = stage_dir
+            final = self._find("final")
+            if final is None:
+                final = self._reference(teacher, "final")
+                save_model(self.out / FINAL_MODEL_FILE, teacher, self.corpus.vocab,
+                           {"data_source": self.corpus.source, "val_ppl": final["val_ppl"], "test_ppl": final["test_ppl"],
+                            "pipeline": {"source": self.description["source"], "config": self.config.to_dict()}})
+                self._emit(final)
+            self._say(f"final: hidden sizes {teacher.config.hidden_sizes}, valid ppl {final['val_ppl']:.2f}, test ppl "
+                      f"{final['test_ppl']:.2f}, {final['params_recurrent']} recurrent / {final['params_total']} "
+                      f"parameters; model saved in {self.out / FINAL_MODEL_FILE}")
+        final_model, _ = load_model(self.out / FINAL_MODEL_FILE)
+        return PipelineResult(out_dir=self.out, model=final_model, val_ppl=final["val_ppl"], test_ppl=final["test_ppl"],
+                              baseline=self._find("baseline"), events=list(self.events))
+
+    def _run_stage(self, stage: int, stage_dir: Path, teacher: RNNLanguageModel, trajectory_dir: Path | None,
+                   stop: "_StopFlag") -> None:
+        def check_stop():
+            if stop.requested:
+                raise PipelineInterrupted(f"stopped in stage {stage} before fine-tuning; run the same command again "
+                                          f"to continue")
+
+        check_stop()
+        config, started = self.config, time.monotonic()
+        target = {name: kept[stage - 1] for name, kept in self.kept.items()}
+        plan_path = stage_dir / PLAN_FILE
+        if plan_path.is_file():  # chosen before an interruption: reuse it, so the student is the same
+            plan = PruningPlan.from_dict(_read_json(plan_path))
+        else:
+            plan = choose_units(teacher, trajectory_dir, target, config, stage)
+            atomic_write_json(plan_path, {**plan.to_dict(), "stage": stage, "ratio": config.stage_ratios()[stage - 1]})
+        student = prune_units(teacher, plan)
+        if self._find("stage_start", stage) is None:
+            zero_shot = self._evaluate(student, "valid")
+            sizes = list(student.config.hidden_sizes)
+            self._emit({"event": "stage_start", "stage": stage, "ratio": config.stage_ratios()[stage - 1],
+                        "hidden_sizes": sizes, "zero_shot_val_ppl": zero_shot, "prepare_s": time.monotonic() - started,
+                        **{f"params_{k}": v for k, v in count_parameters(student).items()}})
+            self._say(f"stage {stage}/{config.stages}: ratio {config.stage_ratios()[stage - 1]:.3f}, hidden sizes "
+                      f"{sizes}, {count_parameters(student)['total']} parameters, zero-shot valid ppl {zero_shot:.2f}")
+        check_stop()
+        train_config = stage_train_config(self.source.train_config, config, stage, self.corpus.train.numel())
+        regularizer = DiscriminationAwareL2(
+            lam=config.da_l2 if config.uses_penalty else 0.0, gamma=config.da_l2_gamma,
+            plain=config.regularization == "l2", calibration_tokens=self.corpus.train,
+            calibration_batches=DRY_RUN_LIMITS["calibration_batches"] if config.dry_run else config.calibration_batches,
+            batch_size=train_config.batch_size, bptt=train_config.bptt,
+            refresh_every=config.importance_refresh_epochs, store_path=stage_dir / IMPORTANCE_FILE)
+
+        def on_epoch_start(model, epoch):
+            self._copy_epoch_events(stage, stage_dir)
+            regularizer.on_epoch_start(model, epoch)
+
+        try:
+            train_language_model(stage_dir, self.corpus, None, train_config, initial_model=student,
+                                 teacher=teacher if config.uses_teacher else None,
+                                 extra_loss=regularizer.loss if regularizer.active else None,
+                                 on_epoch_start=on_epoch_start, progress=self.progress, evaluate_test=False,
+                                 device=self.device, log=self.log)
+        except TrainingInterrupted as stopped:
+            raise PipelineInterrupted(f"stage {stage}: {stopped}") from stopped
+        self._copy_epoch_events(stage, stage_dir)
+        stage_events = read_json_lines(stage_dir / METRICS_FILE)
+        trained = next(e for e in stage_events if e.get("event") == "final")
+        start = self._find("stage_start", stage)
+        self._emit({"event": "stage_end", "stage": stage, "best_val_ppl": trained["best_val_ppl"],
+                    "wall_s": float(start.get("prepare_s", 0.0)) + float(trained["elapsed_s"])})
+
+    def _copy_epoch_events(self, stage: int, stage_dir: Path) -> None:
+        """Mirror the stage run's per-epoch validation into the pipeline's log (once per epoch)."""
+        logged = {e.get("epoch") for e in self.events if e.get("event") == "epoch" and e.get("stage") == stage}
+        for event in read_json_lines(stage_dir / METRICS_FILE):
+            if event.get("event") == "epoch" and event.get("epoch") not in logged:
+                copied = {"event": "epoch", "stage": stage, **{k: event[k] for k in
+                          ("epoch", "val_ppl", "train_loss", "elapsed_s", "lr", "oracle_ppl") if k in event}}
+                self._emit(copied)
+                logged.add(event.get("epoch"))
+
+
+def _fingerprint(model: RNNLanguageModel) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable ({error}); use another output directory or --overwrite") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; use another output directory or --overwrite")
+    return value
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+    """Between training runs, SIGTERM asks the pipeline to stop at the next safe point."""
+    stop = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)

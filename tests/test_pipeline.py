@@ -1,0 +1,244 @@
+"""The prune-and-fine-tune pipeline: stage schedule, run-directory layout, resume, ablations, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import analysis.pipeline as pipeline
+import analysis.regularization as regularization
+from analysis import cli
+from analysis.corpora import load_corpus
+from analysis.errors import CheckpointError, InvalidInputError
+from analysis.lm import ModelConfig, load_model
+from analysis.pipeline import PipelineConfig, PipelineInterrupted, run_pruning_pipeline
+from analysis.surgery import count_parameters
+from analysis.training import TrainConfig, evaluate, train_language_model
+
+SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
+SOURCE_SIZES = [12, 10]
+EVENT_KEYS = {
+    "baseline": {"val_ppl", "test_ppl", "params_recurrent", "params_total", "oracle_ppl"},
+    "stage_start": {"stage", "ratio", "hidden_sizes", "zero_shot_val_ppl", "params_recurrent", "params_total"},
+    "epoch": {"stage", "epoch", "val_ppl", "train_loss", "elapsed_s"},
+    "stage_end": {"stage", "best_val_ppl", "wall_s"},
+    "final": {"val_ppl", "test_ppl", "params_recurrent", "params_total", "oracle_ppl"},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(SMALL_CORPUS)
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, corpus) -> Path:
+    """A small trained model with its recorded trajectory, like a sample directory."""
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    config = TrainConfig(epochs=3, lr=1.0, lr_decay=0.5, decay_after_epoch=1, bptt=5, batch_size=4,
+                         max_batches_per_epoch=6, max_eval_batches=4, log_interval=2, record_every=2, seed=7)
+    model_config = ModelConfig(vocab_size=len(corpus.vocab), embedding_size=8, hidden_sizes=SOURCE_SIZES, dropout=0.3)
+    train_language_model(run_dir, corpus, model_config, config, progress=False, log=None)
+    return run_dir
+
+
+def prune(source, out, corpus, **options):
+    return run_pruning_pipeline(source, out, PipelineConfig(**options), corpus=corpus, progress=False, log=None)
+
+
+def events_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class TrainingSpy:
+    """Wraps the pipeline's training call: records its arguments and can send SIGTERM mid-stage."""
+
+    def __init__(self, monkeypatch, stop_in_stage: str | None = None, stop_at_step: int | None = None):
+        self.calls, self.stop_in_stage, self.stop_at_step = [], stop_in_stage, stop_at_step
+        self.real = pipeline.train_language_model
+        monkeypatch.setattr(pipeline, "train_language_model", self)
+
+    def __call__(self, run_dir, *args, **kwargs):
+        self.calls.append({"run_dir": Path(run_dir), **kwargs})
+        inner = kwargs.get("extra_loss")
+        if self.stop_in_stage == Path(run_dir).name:
+            def extra_loss(context):
+                if context.step == self.stop_at_step:
+                    os.kill(os.getpid(), signal.SIGTERM)  # training stops after this batch
+                return None if inner is None else inner(context)
+            kwargs["extra_loss"] = extra_loss
+        return self.real(run_dir, *args, **kwargs)
+
+
+def test_the_stage_schedule_removes_the_same_fraction_of_what_is_left_each_stage():
+    config = PipelineConfig(ratio=0.5, stages=3)
+    np.testing.assert_allclose(config.stage_ratios(), [1 - 0.5 ** (1 / 3), 1 - 0.5 ** (2 / 3), 0.5])
+    # 200 units: 41.26 -> 41, 74.01 -> 74 and 100 units removed in all
+    assert config.kept_units(200) == [159, 126, 100]
+    assert config.kept_units(64) == [51, 40, 32]
+    assert PipelineConfig(ratio=0.7, stages=1).kept_units(200) == [60]
+    with pytest.raises(InvalidInputError, match="ratio"):
+        PipelineConfig(ratio=1.0).validate()
+    with pytest.raises(InvalidInputError, match="criterion"):
+        PipelineConfig(criterion="largest").validate()
+
+
+def test_a_two_stage_dry_run_writes_the_documented_layout(tmp_path, source_run, corpus):
+    out = tmp_path / "prune"
+    result = prune(source_run, out, corpus, ratio=0.5, stages=2, epochs_per_stage=1, dry_run=True)
+    config = PipelineConfig(ratio=0.5, stages=2)
+    expected_sizes = [[config.kept_units(h)[s] for h in SOURCE_SIZES] for s in range(2)]
+    assert expected_sizes == [[8, 7], [6, 5]]
+
+    description = json.loads((out / "pipeline.json").read_text())
+    assert description["config"]["ratio"] == 0.5 and description["config"]["stages"] == 2
+    assert description["data_source"] == corpus.source and description["source"] == str(source_run.resolve())
+
+    events = events_of(out)
+    assert [e["event"] for e in events] == ["baseline", "stage_start", "epoch", "stage_end",
+                                            "stage_start", "epoch", "stage_end", "final"]
+    for event in events:
+        assert EVENT_KEYS[event["event"]] <= set(event), event
+    starts = [e for e in events if e["event"] == "stage_start"]
+    assert [e["hidden_sizes"] for e in starts] == expected_sizes
+    assert [e["stage"] for e in starts] == [1, 2]
+
+    for stage in (1, 2):
+        stage_dir = out / f"stage_{stage}"
+        for name in ("best.pt", "metrics.jsonl", "checkpoint_last.pt", "run.json", "plan.json", "importances.json"):
+            assert (stage_dir / name).is_file(), f"stage_{stage}/{name}"
+        assert (stage_dir / "trajectory" / "manifest.json").is_file()
+        plan = json.loads((stage_dir / "plan.json").read_text())
+        assert [len(layer["kept"]) for layer in plan["layers"]] == expected_sizes[stage - 1]
+
+    raw = torch.load(out / "final.pt", weights_only=True)
+    assert raw["model_config"]["hidden_sizes"] == [6, 5]
+    model, info = load_model(out)
+    assert info["path"].endswith("final.pt") and info["data_source"] == corpus.source
+    final = events[-1]
+    assert count_parameters(model) == {"recurrent": final["params_recurrent"], "total": final["params_total"]}
+    mean_nll, _ = evaluate(model, corpus.valid, 10, 35, max_batches=2)
+    assert np.exp(mean_nll) == pytest.approx(final["val_ppl"], rel=1e-5)
+    assert result.val_ppl == final["val_ppl"]
+
+
+def test_running_again_after_an_interruption_mid_stage_ends_as_an_uninterrupted_run(tmp_path, source_run, corpus,
+                                                                                     monkeypatch):
+    options = dict(ratio=0.5, stages=2, epochs_per_stage=2, seed=3)
+    reference = prune(source_run, tmp_path / "straight", corpus, **options)
+
+    spy = TrainingSpy(monkeypatch, stop_in_stage="stage_2", stop_at_step=8)  # epoch 2 of stage 2
+    with pytest.raises(PipelineInterrupted, match="stage 2"):
+        prune(source_run, tmp_path / "resumed", corpus, **options)
+    monkeypatch.setattr(pipeline, "train_language_model", spy.real)
+    resumed = prune(source_run, tmp_path / "resumed", corpus, **options)
+
+    expected, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert resumed.test_ppl == reference.test_ppl
+    kinds = [(e["event"], e.get("stage"), e.get("epoch")) for e in events_of(tmp_path / "resumed")]
+    assert kinds == [(e["event"], e.get("stage"), e.get("epoch")) for e in events_of(tmp_path / "straight")]
+
+
+def test_sigterm_while_choosing_units_stops_before_fine_tuning_and_the_rerun_finishes_the_same(
+        tmp_path, source_run, corpus, monkeypatch):
+    options = dict(ratio=0.5, stages=2, epochs_per_stage=1, dry_run=True)
+    reference = prune(source_run, tmp_path / "straight", corpus, **options)
+    real_choose = pipeline.choose_units
+
+    def choose_then_signal(*args, **kwargs):
+        plan = real_choose(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return plan
+
+    monkeypatch.setattr(pipeline, "choose_units", choose_then_signal)
+    with pytest.raises(PipelineInterrupted, match="stage 1 before fine-tuning"):
+        prune(source_run, tmp_path / "resumed", corpus, **options)
+    assert (tmp_path / "resumed" / "stage_1" / "plan.json").is_file()
+    assert not (tmp_path / "resumed" / "stage_1" / "run.json").exists()
+    monkeypatch.undo()
+    resumed = prune(source_run, tmp_path / "resumed", corpus, **options)
+    assert all(torch.equal(value, resumed.model.state_dict()[key]) for key, value in reference.model.state_dict().items())
+    assert [e["event"] for e in events_of(tmp_path / "resumed")] == [e["event"] for e in events_of(tmp_path / "straight")]
+
+
+def test_a_finished_run_is_not_redone_and_other_options_are_refused(tmp_path, source_run, corpus, monkeypatch):
+    out = tmp_path / "prune"
+    prune(source_run, out, corpus, stages=1, epochs_per_stage=1, dry_run=True)
+    before = (out / "metrics.jsonl").read_text()
+    spy = TrainingSpy(monkeypatch)
+    prune(source_run, out, corpus, stages=1, epochs_per_stage=1, dry_run=True)
+    assert spy.calls == [] and (out / "metrics.jsonl").read_text() == before
+    with pytest.raises(CheckpointError, match="ratio 0.5 -> 0.3"):
+        prune(source_run, out, corpus, ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True)
+    run_pruning_pipeline(source_run, out, PipelineConfig(ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True),
+                         corpus=corpus, overwrite=True, progress=False, log=None)
+    assert json.loads((out / "pipeline.json").read_text())["config"]["ratio"] == 0.3
+
+
+def test_ablation_switches_change_what_they_should(tmp_path, source_run, corpus, monkeypatch):
+    measured = []
+    real_importances = regularization.unit_importances
+    monkeypatch.setattr(regularization, "unit_importances",
+                        lambda *args, **kwargs: measured.append(1) or real_importances(*args, **kwargs))
+    spy = TrainingSpy(monkeypatch)
+
+    prune(source_run, tmp_path / "full", corpus, stages=2, epochs_per_stage=1, dry_run=True)
+    assert [call["teacher"] is not None for call in spy.calls] == [True, True]
+    assert all(call["extra_loss"] is not None for call in spy.calls) and len(measured) == 2
+
+    spy.calls.clear(), measured.clear()
+    out = tmp_path / "bare"
+    prune(source_run, out, corpus, stages=1, epochs_per_stage=1, distillation=False, regularization="none",
+          dry_run=True)
+    assert [p.name for p in sorted(out.glob("stage_*"))] == ["stage_1"]
+    assert spy.calls[0]["teacher"] is None and spy.calls[0]["extra_loss"] is None and measured == []
+    assert json.loads((out / "stage_1" / "run.json").read_text())["teacher_sha256"] is None
+    assert load_model(out)[0].config.hidden_sizes == [6, 5]
+
+    spy.calls.clear()
+    prune(source_run, tmp_path / "plain", corpus, stages=1, epochs_per_stage=1, regularization="l2", dry_run=True)
+    assert spy.calls[0]["extra_loss"] is not None and measured == []
+    assert not (tmp_path / "plain" / "stage_1" / "importances.json").exists()
+
+
+def test_a_model_file_without_a_trajectory_prunes_by_magnitude_but_not_by_dynamics(tmp_path, source_run, corpus):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(source_run / "best.pt", alone / "model.pt")
+    with pytest.raises(InvalidInputError, match="trajectory"):
+        prune(alone / "model.pt", tmp_path / "dynamics", corpus, stages=1, dry_run=True)
+    result = prune(alone / "model.pt", tmp_path / "magnitude", corpus, stages=1, criterion="magnitude", dry_run=True)
+    assert result.model.config.hidden_sizes == [6, 5]
+
+
+def test_the_command_line_prunes_stops_with_143_on_sigterm_and_continues(tmp_path, source_run, capsys, monkeypatch):
+    out = tmp_path / "cli"
+    argv = ["prune", "--from", str(source_run), "--out", str(out), "--stages", "2", "--epochs-per-stage", "1",
+            "--dry-run", "--no-progress", "--json"]
+    TrainingSpy(monkeypatch, stop_in_stage="stage_1", stop_at_step=1)
+    assert cli.main(argv) == 143
+    assert "stopped" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["hidden_sizes"] == [6, 5] and summary["out"] == str(out)
+    assert cli.main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hidden_sizes"] == [6, 5]
+    assert cli.main(["prune", "--from", str(source_run), "--out", str(tmp_path / "x"), "--plain-l2",
+                     "--no-regularization"]) == 2
+    assert "contradict" in capsys.readouterr().err
