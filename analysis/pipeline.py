@@ -441,7 +441,9 @@ class _StopFlag:
 
 @contextlib.contextmanager
 def _sigterm_requests_stop():
-    """Between training runs, SIGTERM asks the pipeline to stop at the next safe point."""
+    """Outside training, SIGTERM stops the pipeline at once: everything it has written so far was
+    written atomically, so nothing is lost. (While a stage trains, the training loop's own handler
+    takes over and stops after the current batch with a resumable checkpoint.)"""
     stop = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -449,6 +451,7 @@ def _sigterm_requests_stop():
 
     def request_stop(signum, frame):
         stop.requested = True
+        raise PipelineInterrupted("stopped by SIGTERM between training runs; run the same command again to continue")
 
     previous = signal.signal(signal.SIGTERM, request_stop)
     try:
