@@ -55,14 +55,6 @@ def samples(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models and small matrices are fastest on one thread, above all on busy cores."""
-    before = torch.get_num_threads()
-    with threadpool_limits(limits=1):
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

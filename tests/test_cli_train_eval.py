@@ -21,12 +21,6 @@ SMALL_CORPUS = "synthetic:0:train=4000,valid=800,test=800,words=40,states=6"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def last_json_line(text: str) -> dict:

@@ -13,12 +13,6 @@ from analysis.training import TrainConfig
 VOCAB = {"itos": [f"w{i}" for i in range(11)]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(rnn_type="LSTM", hidden_sizes=(5, 7, 3), **kwargs) -> RNNLanguageModel:

@@ -16,14 +16,6 @@ from analysis.selection import select_units
 from analysis.surgery import count_parameters, prune_units
 from analysis.trajectory import load_trajectory
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models evaluate fastest on one thread, above all on a machine whose cores are busy."""
-    before = torch.get_num_threads()
-    with threadpool_limits(limits=1):
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(before)
 
 
 SMALL_SYNTHETIC = "synthetic:0:train=2000,valid=1500,test=100,states=4,words=30"

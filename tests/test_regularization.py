@@ -19,12 +19,6 @@ from analysis.training import TrainConfig, train_language_model
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,6 @@ from analysis.surgery import count_parameters, prune_units
 RNN_TYPES = ["LSTM", "GRU", "RNN_TANH"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(rnn_type="LSTM", hidden_sizes=(6, 5), **kwargs) -> RNNLanguageModel:
