@@ -35,7 +35,8 @@ from analysis.training import TrainConfig, steps_per_epoch, train_language_model
 # 18.6 MB and each float16 snapshot of its recurrent weights about 1.3 MB.
 SAMPLES = {
     "synthetic": {"preset": "synthetic-tiny", "data": "synthetic:0", "snapshots": 25},
-    "ptb-small": {"preset": "ptb-small", "data": "ptb", "snapshots": 14},  # one per epoch, plus step 0
+    # one snapshot per epoch, plus step 0, recorded; the 13 epoch ends are kept (see install_sample)
+    "ptb-small": {"preset": "ptb-small", "data": "ptb", "snapshots": 14, "keep_last": 13},
 }
 COPIED = ("best.pt", "metrics.jsonl", "run.json")
 SIZE_BUDGET_MB = 40.0
@@ -65,7 +66,21 @@ def train_sample(name: str, work_dir: Path, dry_run: bool, threads: int | None) 
     return run_dir
 
 
-def install_sample(run_dir: Path, destination: Path) -> None:
+def keep_last_snapshots(trajectory_dir: Path, count: int) -> None:
+    """Drop all but the last `count` snapshots of a recorded trajectory (manifest and files).
+
+    Dropping from the start keeps the snapshots evenly spaced in training steps, which the LDS fit
+    assumes; for ptb-small it drops the random initialisation and keeps the size budget.
+    """
+    manifest_path = trajectory_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    dropped, manifest["entries"] = manifest["entries"][:-count], manifest["entries"][-count:]
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for entry in dropped:
+        (trajectory_dir / entry["file"]).unlink()
+
+
+def install_sample(run_dir: Path, destination: Path, keep_last: int | None = None) -> None:
     """Copy a run's shareable files into `destination`, replacing it in one rename."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}-", dir=destination.parent))
@@ -74,6 +89,8 @@ def install_sample(run_dir: Path, destination: Path) -> None:
             shutil.copy2(run_dir / name, staging / name)
         shutil.copytree(run_dir / "trajectory", staging / "trajectory",
                         ignore=shutil.ignore_patterns(".tmp-*"))
+        if keep_last is not None:
+            keep_last_snapshots(staging / "trajectory", keep_last)
         load_trajectory(staging)  # refuse to install a trajectory that does not load
         staging.chmod(0o755)  # mkdtemp makes it private
         retired = destination.with_name(f".old-{destination.name}")
@@ -112,7 +129,8 @@ def describe(name: str, sample_dir: Path) -> str:
              f"- trajectory: {len(trajectory)} snapshots of the recurrent layers "
              f"{', '.join(f'`{layer}`' for layer in trajectory.layers)} in "
              f"{train['record_dtype']}, steps {int(trajectory.steps[0])} to {int(trajectory.steps[-1])} "
-             f"(one every {train['record_every']} training steps, and the last step)",
+             f"(one every {train['record_every']} training steps"
+             + (", the first dropped" if SAMPLES[name].get("keep_last") else ", and the last step") + ")",
              f"- size {size_mb(sample_dir):.1f} MB", ""]
     if train.get("max_batches_per_epoch"):
         lines.insert(2, "- **dry run**: a few batches per epoch only; not a trained model")
@@ -153,7 +171,7 @@ def main() -> int:
     out_dir = args.out or (args.work_dir / "sample_checkpoints_dry" if args.dry_run else REPO / "sample_checkpoints")
     for name in [args.only] if args.only else list(SAMPLES):
         run_dir = train_sample(name, args.work_dir, args.dry_run, args.threads)
-        install_sample(run_dir, out_dir / name)
+        install_sample(run_dir, out_dir / name, SAMPLES[name].get("keep_last"))
         print(f"[{name}] installed in {out_dir / name} ({size_mb(out_dir / name):.1f} MB)", flush=True)
     write_readme(out_dir)
     print(f"wrote {out_dir / 'README.md'}")
