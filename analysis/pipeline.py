@@ -12,7 +12,7 @@ events baseline, stage_start, epoch, stage_end, final), stage_<s>/ (a training r
 stage s, plus plan.json, the units it pruned, and importances.json) and final.pt (an ordinary
 model file). Every file is written atomically; running the same call again continues where it
 stopped: finished stages are skipped and an interrupted stage resumes from its checkpoint. SIGTERM
-stops it at the next safe point (after the current batch while training) with PipelineInterrupted.
+stops it with PipelineInterrupted: at once outside training, after the current batch while training.
 """
 from __future__ import annotations
 
@@ -320,7 +320,7 @@ class _Pipeline:
         return event
 
     def run(self) -> PipelineResult:
-        with _sigterm_requests_stop() as stop:
+        with _sigterm_requests_stop():
             if self._find("baseline") is None:
                 baseline = self._reference(self.source.model, "baseline")
                 self._emit(baseline)
@@ -331,7 +331,7 @@ class _Pipeline:
             for stage in range(1, self.config.stages + 1):
                 stage_dir = self.out / f"stage_{stage}"
                 if self._find("stage_end", stage) is None:
-                    self._run_stage(stage, stage_dir, teacher, trajectory_dir, stop)
+                    self._run_stage(stage, stage_dir, teacher, trajectory_dir)
                 teacher, _ = load_model(stage_dir / BEST_MODEL_FILE)
                 teacher.train()
                 trajectory_dir = stage_dir
@@ -349,14 +349,7 @@ class _Pipeline:
         return PipelineResult(out_dir=self.out, model=final_model, val_ppl=final["val_ppl"], test_ppl=final["test_ppl"],
                               baseline=self._find("baseline"), events=list(self.events))
 
-    def _run_stage(self, stage: int, stage_dir: Path, teacher: RNNLanguageModel, trajectory_dir: Path | None,
-                   stop: "_StopFlag") -> None:
-        def check_stop():
-            if stop.requested:
-                raise PipelineInterrupted(f"stopped in stage {stage} before fine-tuning; run the same command again "
-                                          f"to continue")
-
-        check_stop()
+    def _run_stage(self, stage: int, stage_dir: Path, teacher: RNNLanguageModel, trajectory_dir: Path | None) -> None:
         config, started = self.config, time.monotonic()
         target = {name: kept[stage - 1] for name, kept in self.kept.items()}
         plan_path = stage_dir / PLAN_FILE
@@ -374,7 +367,6 @@ class _Pipeline:
                         **{f"params_{k}": v for k, v in count_parameters(student).items()}})
             self._say(f"stage {stage}/{config.stages}: ratio {config.stage_ratios()[stage - 1]:.3f}, hidden sizes "
                       f"{sizes}, {count_parameters(student)['total']} parameters, zero-shot valid ppl {zero_shot:.2f}")
-        check_stop()
         train_config = stage_train_config(self.source.train_config, config, stage, self.corpus.train.numel())
         regularizer = DiscriminationAwareL2(
             lam=config.da_l2 if config.uses_penalty else 0.0, gamma=config.da_l2_gamma,
