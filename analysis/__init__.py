@@ -21,6 +21,8 @@ _PUBLIC = {
     "fit_layer": "analysis.lds",
     "fit_lds": "analysis.lds",
     "TrajectoryRecorder": "analysis.recorder",
+    "PipelineConfig": "analysis.pipeline",
+    "run_pruning_pipeline": "analysis.pipeline",
     "CRITERIA": "analysis.selection",
     "PruningPlan": "analysis.selection",
     "select_units": "analysis.selection",
