@@ -166,7 +166,9 @@ def corpus_section(corpus: str, results: dict, args) -> list[str]:
     baseline = results["baseline"]
     if baseline is None:
         lines += ["No finished runs yet. Run `python benchmarks/results.py --only " + corpus + "`"
-                  + (" (needs DYNAPRUNE_PTB_DIR)" if corpus == "ptb" else "") + ".", ""]
+                  + (" (needs DYNAPRUNE_PTB_DIR)" if corpus == "ptb" else "") + "."
+                  + (" Two rows run with half the budget are in [results-ptb-first-runs.md](results-ptb-first-runs.md)."
+                     if corpus == "ptb" else ""), ""]
     oracle = baseline is not None and baseline.get("oracle_ppl") is not None
     header = ("| row | criterion | ratio | variant | zero-shot valid ppl per cut | valid ppl | test ppl | test vs baseline "
               "| recurrent params | total params |")
