@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from analysis.configs import PlainConfig
 from analysis.errors import CheckpointError, InvalidInputError, UnsafeCheckpointError
 from analysis.fileio import atomic_path
 
@@ -35,7 +36,9 @@ PRUNED_MODEL_FILE = "final.pt"  # the result of a pruning pipeline (analysis.pip
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(PlainConfig):
+    config_name = "model config"
+
     vocab_size: int
     embedding_size: int = 200
     hidden_sizes: list[int] = field(default_factory=lambda: [200, 200])
@@ -59,19 +62,11 @@ class ModelConfig:
                 f"({self.embedding_size}); untie the weights or change the sizes")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidInputError(f"unknown model config keys {sorted(unknown)}; expected some of {sorted(known)}")
-        values = dict(data)
+    def _coerced(cls, values: dict[str, Any]) -> dict[str, Any]:
         if "hidden_sizes" in values:
             values["hidden_sizes"] = [int(h) for h in values["hidden_sizes"]]
-        return cls(**values)
+        return values
 
 
 # Model and training hyper-parameters of the reference configurations (METHOD section 9).

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from analysis.configs import PlainConfig
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
 from analysis.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines
 from analysis.lm import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
@@ -53,7 +54,9 @@ class PipelineInterrupted(DynapruneError):
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(PlainConfig):
+    config_name = "pipeline option"
+
     ratio: float = 0.5                  # target fraction of each layer's original units to remove
     stages: int = 3                     # 1 is one-shot pruning
     criterion: str = "dynamics"         # "dynamics", "magnitude" or "random" (analysis.selection.CRITERIA)
@@ -115,15 +118,6 @@ class PipelineConfig:
         """Units a layer of `hidden_size` (original) keeps after each stage: H - round(r_s * H)."""
         return [int(hidden_size) - units_to_prune(int(hidden_size), r) for r in self.stage_ratios()]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InvalidInputError(f"unknown pipeline options {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from analysis.corpora import Corpus, batchify, get_batch
+from analysis.configs import PlainConfig
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
 from analysis.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text
 from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
@@ -46,7 +47,9 @@ _RESUME_FREE_FIELDS = ("log_interval",)  # may change between a run and its resu
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PlainConfig):
+    config_name = "training config"
+
     epochs: int = 13
     optimizer: str = "sgd"           # "sgd" (the reference setting) or "adam"
     lr: float = 1.0
@@ -87,16 +90,6 @@ class TrainConfig:
     def lr_at_epoch(self, epoch: int) -> float:
         """Learning rate of 1-based `epoch`: constant, then decayed once per epoch (Zaremba et al.)."""
         return self.lr * self.lr_decay ** max(0, epoch - self.decay_after_epoch)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InvalidInputError(f"unknown training config keys {sorted(unknown)}")
-        return cls(**data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":

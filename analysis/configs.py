@@ -1,0 +1,30 @@
+"""Dataclass configs that travel in checkpoints and run files as plain dicts (ModelConfig,
+TrainConfig, PipelineConfig): one to_dict / from_dict, refusing keys the class does not know."""
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+from analysis.errors import InvalidInputError
+
+
+class PlainConfig:
+    """Mixin for a dataclass; `config_name` names it in error messages."""
+
+    config_name = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInputError(f"unknown {cls.config_name} keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**cls._coerced(dict(data)))
+
+    @classmethod
+    def _coerced(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Hook for normalising values read back from JSON."""
+        return values
