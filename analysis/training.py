@@ -36,7 +36,7 @@ from analysis.fileio import append_json_line, atomic_path, atomic_write_json, at
 from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
                          load_model, preset, read_checkpoint, save_model)
 from analysis.recorder import TrajectoryRecorder
-from analysis.regularization import distillation_kl
+from analysis.regularization import distillation_loss
 
 RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
 RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
@@ -111,7 +111,7 @@ class LossContext:
     inputs: torch.Tensor
     targets: torch.Tensor
     logits: torch.Tensor
-    task_loss: torch.Tensor
+    task_loss: torch.Tensor  # the cross-entropy; with a teacher, its value only (no gradient flows through it)
     teacher_logits: torch.Tensor | None
     epoch: int
     step: int
@@ -393,14 +393,15 @@ class _Trainer:
         self.hidden = self.model.detach_hidden(self.hidden)
         logits, self.hidden = self.model(inputs, self.hidden)
         flat_logits = logits.view(-1, logits.size(-1))
-        task_loss = loss = F.cross_entropy(flat_logits, targets)
         teacher_logits = None
-        if self.teacher is not None:
+        if self.teacher is None:
+            task_loss = loss = F.cross_entropy(flat_logits, targets)
+        else:
             with torch.no_grad():
                 teacher_logits, self.teacher_hidden = self.teacher(inputs, self.teacher_hidden)
-            tau, alpha = config.distill_temperature, config.distill_alpha
-            kl = distillation_kl(flat_logits, teacher_logits.view_as(flat_logits), tau)
-            loss = (1.0 - alpha) * task_loss + alpha * tau * tau * kl
+            combined = distillation_loss(flat_logits, teacher_logits.view_as(flat_logits), targets,
+                                         config.distill_alpha, config.distill_temperature)
+            loss, task_loss = combined.loss, combined.cross_entropy
         if extra_loss is not None:
             extra = extra_loss(LossContext(self.model, inputs, targets, logits, task_loss, teacher_logits,
                                            epoch, self.progress.step))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from analysis.corpora import Corpus, Vocabulary
 from analysis.lm import PRESETS, ModelConfig, RNNLanguageModel
@@ -92,7 +93,7 @@ def main() -> None:
 def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, steps: int = 10) -> dict[str, float]:
     """Seconds per step of each addition to a plain step: teacher forward, distillation term, penalty."""
     from analysis.corpora import batchify, get_batch
-    from analysis.regularization import distillation_kl
+    from analysis.regularization import distillation_kl, distillation_loss
 
     inputs, _ = get_batch(batchify(corpus.train, config.batch_size), 0, config.bptt)
     teacher = teacher.eval()
@@ -106,9 +107,17 @@ def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, ste
         with torch.no_grad():
             teacher(inputs)
 
+    targets = torch.randint(0, VOCAB, (student_logits.shape[0],))
+
+    def separate_terms():
+        (0.5 * F.cross_entropy(student_logits, targets) + 2.0 * distillation_kl(student_logits, teacher_logits, 2.0)
+         ).backward()
+
     parts = {"teacher forward": teacher_forward,
-             "distillation term, forward + backward": lambda: distillation_kl(student_logits, teacher_logits,
-                                                                               2.0).backward(),
+             "cross-entropy alone, forward + backward": lambda: F.cross_entropy(student_logits, targets).backward(),
+             "CE + distillation, fused (used)": lambda: distillation_loss(student_logits, teacher_logits, targets,
+                                                                          0.5, 2.0).loss.backward(),
+             "CE + distillation as two terms": separate_terms,
              "DA-L2 penalty, forward + backward": lambda: regularizer.loss(context).backward()}
     best = {}
     for name, part in parts.items():

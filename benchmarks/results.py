@@ -9,7 +9,8 @@ Each row of the tables is one `dynaprune prune` run in <work-dir>/<corpus>/<row>
 dynamics, magnitude and random criteria at 30/50/70% with the full method (3 stages, distillation,
 discrimination-aware L2), and at 50% the ablations one-shot, no distillation, plain L2 and no
 regularisation. A finished run is skipped and an interrupted one continues, so running the same
-command again resumes the whole table; SIGTERM stops it (exit status 143) after saving. The
+command again resumes the whole table; SIGTERM stops it (exit status 143) after saving. --workers N runs N
+rows at a time (each with --threads torch threads). The
 document is rewritten from every finished run in the work directory, whichever part was run.
 
 Cost on one thread: a synthetic row takes about a minute; a PTB fine-tuning epoch of the ptb-small
@@ -24,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -91,31 +93,47 @@ def finished(out: Path) -> dict | None:
     return next((e for e in read_json_lines(out / "metrics.jsonl") if e.get("event") == "final"), None)
 
 
-def run_row(command: list[str], threads: int) -> int:
-    full = [sys.executable, "-m", "analysis.cli", *command, "--threads", str(threads), "--no-progress"]
-    process = subprocess.Popen(full, cwd=REPO)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+def run_corpus(corpus: str, source: Path, args) -> int:
+    """Run every unfinished row of one corpus, up to args.workers at a time; 143 if stopped by SIGTERM."""
+    pending = [(row, seed) for seed in args.seeds for row in rows_of(corpus)
+               if not finished(row_dir(args, corpus, row, seed))]
+    running: dict[subprocess.Popen, str] = {}
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return process.wait()
+        while running or (pending and not stopping):
+            while pending and not stopping and len(running) < args.workers:
+                row, seed = pending.pop(0)
+                command = row_command(row, source, row_dir(args, corpus, row, seed), seed, args)
+                print(f"[{corpus}] {row.name} seed {seed}: {shown(command)}", flush=True)
+                full = [sys.executable, "-m", "analysis.cli", *command, "--threads", str(args.threads), "--no-progress"]
+                running[subprocess.Popen(full, cwd=REPO)] = f"{row.name} seed {seed}"
+            process = wait_any(running)
+            label = running.pop(process)
+            if process.returncode not in (0, 143):
+                print(f"[{corpus}] {label} failed with exit status {process.returncode}; continuing", flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def run_corpus(corpus: str, source: Path, args) -> int:
-    for seed in args.seeds:
-        for row in rows_of(corpus):
-            out = row_dir(args, corpus, row, seed)
-            if finished(out):
-                continue
-            command = row_command(row, source, out, seed, args)
-            print(f"[{corpus}] {row.name} seed {seed}: {shown(command)}", flush=True)
-            status = run_row(command, args.threads)
-            if status == 143:
-                print("stopped; run the same command again to continue", flush=True)
-                return 143
-            if status != 0:
-                print(f"[{corpus}] {row.name} seed {seed} failed with exit status {status}; continuing", flush=True)
+    if stopping:
+        print("stopped; run the same command again to continue", flush=True)
+        return 143
     return 0
+
+
+def wait_any(running: dict[subprocess.Popen, str]) -> subprocess.Popen:
+    """The first of the running processes to exit (polled: a SIGTERM handler must be able to run meanwhile)."""
+    while True:
+        for process in running:
+            if process.poll() is not None:
+                return process
+        time.sleep(0.5)
 
 
 # ----------------------------------------------------------------------------- the document
@@ -295,6 +313,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, help="document to write (default docs/results.md; with --quick "
                                                     "<work-dir>/results-quick.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="rows run at the same time (default 1; on two cores, 2 with --threads 1)")
     args = parser.parse_args()
     if args.quick:
         args.work_dir = args.work_dir / "quick"

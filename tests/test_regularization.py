@@ -12,8 +12,8 @@ import analysis.regularization as regularization
 from analysis.corpora import load_corpus
 from analysis.errors import InvalidInputError
 from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
-from analysis.regularization import (DiscriminationAwareL2, da_l2_penalty, distillation_kl, unit_importances,
-                                     unit_penalty_coefficients)
+from analysis.regularization import (LOSS_CHUNK_ROWS, DiscriminationAwareL2, da_l2_penalty, distillation_kl,
+                                     distillation_loss, unit_importances, unit_penalty_coefficients)
 from analysis.training import TrainConfig, train_language_model
 
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
@@ -190,6 +190,43 @@ def test_distillation_kl_matches_the_generic_kl_and_its_gradient():
         torch.testing.assert_close(grad, expected_grad)
     assert torch.autograd.gradcheck(lambda z: distillation_kl(z, teacher[:3, :5], 2.0),
                                     (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
+
+
+def test_the_fused_fine_tuning_loss_equals_cross_entropy_plus_the_distillation_term():
+    torch.manual_seed(4)
+    rows = LOSS_CHUNK_ROWS * 2 + 5  # two full chunks and a partial one
+    for tau in (1.0, 2.0, 0.7):
+        for alpha in (0.0, 0.3, 1.0):
+            student = (3 * torch.randn(rows, 40, dtype=torch.float64)).requires_grad_()
+            teacher = 3 * torch.randn(rows, 40, dtype=torch.float64)
+            targets = torch.randint(0, 40, (rows,))
+            cross_entropy = F.cross_entropy(student, targets)
+            kl = F.kl_div(F.log_softmax(student / tau, -1), F.log_softmax(teacher / tau, -1), log_target=True,
+                          reduction="batchmean")
+            reference = (1 - alpha) * cross_entropy + alpha * tau * tau * kl
+            result = distillation_loss(student, teacher, targets, alpha, tau)
+            assert result.loss.item() == pytest.approx(reference.item(), rel=1e-10)
+            assert result.cross_entropy.item() == pytest.approx(cross_entropy.item(), rel=1e-10)
+            assert result.kl.item() == pytest.approx(kl.item(), rel=1e-9, abs=1e-12)
+            assert not result.cross_entropy.requires_grad and not result.kl.requires_grad
+            expected_grad, = torch.autograd.grad(reference, student)
+            grad, = torch.autograd.grad(result.loss, student)
+            torch.testing.assert_close(grad, expected_grad)
+    targets = torch.randint(0, 5, (3,))
+    assert torch.autograd.gradcheck(lambda z: distillation_loss(z, teacher[:3, :5], targets, 0.4, 2.0).loss,
+                                    (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
+
+
+def test_the_fused_loss_refuses_mismatched_shapes_and_parameters():
+    student, teacher, targets = torch.randn(6, 9), torch.randn(6, 9), torch.zeros(6, dtype=torch.long)
+    with pytest.raises(InvalidInputError, match="do not match"):
+        distillation_loss(student, torch.randn(6, 8), targets, 0.5, 2.0)
+    with pytest.raises(InvalidInputError, match="targets"):
+        distillation_loss(student, teacher, targets[:5], 0.5, 2.0)
+    with pytest.raises(InvalidInputError, match="alpha"):
+        distillation_loss(student, teacher, targets, 1.5, 2.0)
+    with pytest.raises(InvalidInputError, match="temperature"):
+        distillation_loss(student, teacher, targets, 0.5, 0.0)
 
 
 def test_the_distillation_term_is_zero_when_the_student_is_the_teacher():
