@@ -123,21 +123,35 @@ def fit_lds(unit_vectors, order: int = DEFAULT_ORDER) -> LDSFit:
     one-step prediction R^2 and spectral radius of A. A unit whose weights never change gets
     A = 0, an arbitrary orthonormal C and both diagnostics equal to 1 (nothing is left unexplained).
     """
-    Y = _validated_unit_vectors(unit_vectors, order)
+    return _fit(_validated_unit_vectors(unit_vectors, order), order, overwrite=False)
+
+
+class _NonFiniteUnitVectors(InvalidInputError):
+    """Unit vectors holding NaN or Inf (fit_layer reads them again to name the file)."""
+
+
+def _fit(Y: np.ndarray, order: int, overwrite: bool) -> LDSFit:
+    """fit_lds on validated unit vectors; overwrite=True lets it centre Y in place (a buffer the
+    caller owns), which saves allocating and filling a copy of the data."""
     T, H, d = Y.shape
     if H == 0:
         raise InvalidInputError("no units to fit (H = 0)")
     # The d-sized work runs in the data's own precision (float32 for stored snapshots, which is all
     # the precision they carry); everything T x T or smaller runs in float64.
     work_dtype = torch.float64 if Y.dtype == np.float64 else torch.float32
-    data = torch.from_numpy(Y).to(work_dtype)  # (T, H, d); no copy when already work_dtype
+    source = torch.from_numpy(Y)
+    data = source.to(work_dtype)  # (T, H, d); no copy when already work_dtype
     mean = data.mean(dim=0)
-    centred = (data - mean).permute(1, 0, 2)  # (H, T, d) view; bmm reads it with strides, no copy
+    if overwrite or data.data_ptr() != source.data_ptr():
+        centred = data.sub_(mean)
+    else:
+        centred = data - mean
+    centred = centred.permute(1, 0, 2)  # (H, T, d) view; bmm reads it with strides, no copy
     gram = (centred @ centred.transpose(1, 2)).to(torch.float64)  # (H, T, T)
     # Any NaN or Inf in the data reaches the mean or the Gram matrices: checking them is enough,
     # and saves a pass over the (large) data in the common case.
     if not (torch.isfinite(mean).all() and torch.isfinite(gram).all()):
-        _check_finite(Y, "unit vectors")
+        _check_finite(Y, "unit vectors", _NonFiniteUnitVectors)
     # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (20-60x slower here).
     with threadpool_limits(limits=1):
         eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
@@ -182,15 +196,25 @@ def fit_layer(trajectory, layer: str, order: int = DEFAULT_ORDER, block_units: i
 
     Memory stays bounded by one block of unit vectors (T x block x d) at a time; the default block
     keeps that block under about 256 MB in float32. progress(done, total) is called after each block.
+    One buffer holds every block in turn: rows are copied into it straight from the mapped
+    snapshot files and centred in place. NaN or Inf weights raise CheckpointError naming the file.
     """
     info = trajectory.layer_info(layer)
     T, H, d = len(trajectory), info.hidden_size, info.unit_dim
     if block_units is None:
         block_units = max(1, min(H, (256 * 2**20) // max(1, 4 * T * d)))
+    _validated_unit_vectors(np.empty((T, 1, d), dtype=np.float32), order)  # order against T and d, before reading
+    buffer = np.empty(T * min(block_units, H) * d, dtype=np.float32)
     fits = []
     for start in range(0, H, block_units):
         stop = min(H, start + block_units)
-        fits.append(fit_lds(trajectory.unit_vectors(layer, units=slice(start, stop)), order=order))
+        block = buffer[: T * (stop - start) * d].reshape(T, stop - start, d)
+        trajectory.read_unit_vectors_into(layer, block, units=slice(start, stop), check_finite=False)
+        try:
+            fits.append(_fit(block, order, overwrite=True))
+        except _NonFiniteUnitVectors:
+            trajectory.unit_vectors(layer, units=slice(start, stop))  # raises CheckpointError naming the file
+            raise
         if progress is not None:
             progress(stop, H)
     return LDSFit.concatenate(fits)
@@ -215,11 +239,10 @@ def _validated_unit_vectors(unit_vectors, order: int) -> np.ndarray:
     return Y
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
+def _check_finite(array: np.ndarray, what: str, error: type[InvalidInputError] = InvalidInputError) -> None:
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
-        raise InvalidInputError(f"{what} contain NaN or Inf (first at index {bad}); "
-                                "check the checkpoint that produced them")
+        raise error(f"{what} contain NaN or Inf (first at index {bad}); check the checkpoint that produced them")
 
 
 def _complete_orthonormal(C: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:

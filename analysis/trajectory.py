@@ -10,6 +10,7 @@ trajectory can be processed a block of units at a time.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 # Layer discovery and archive extraction live with the file readers; they are part of this
 # module's public interface too.
@@ -114,6 +114,13 @@ class Trajectory:
         """
         return self._read_unit_vectors(self.layer_info(layer), range(len(self)), units, dtype)
 
+    def read_unit_vectors_into(self, layer: str, out: np.ndarray, units=None, check_finite: bool = True) -> np.ndarray:
+        """unit_vectors(layer, units) written into a caller's array `out` of shape (T, n_units, d)
+        (any float dtype), so that a loop over unit blocks can reuse one buffer. check_finite=False
+        skips the NaN/Inf test, for callers that catch bad values later themselves."""
+        return self._read_unit_vectors(self.layer_info(layer), range(len(self)), units, out.dtype, out=out,
+                                       check_finite=check_finite)
+
     def final_unit_vectors(self, layer: str, dtype=np.float32) -> np.ndarray:
         """Every unit's weight vector at the last snapshot, shape (H, d)."""
         return self._read_unit_vectors(self.layer_info(layer), [len(self) - 1], None, dtype)[0]
@@ -129,22 +136,34 @@ class Trajectory:
             )
         snapshot = self._snapshots[snapshot_index]
         key = info.weight_ih_key if which == "weight_ih" else info.weight_hh_key
+        matrix = np.empty((info.gates * info.hidden_size, info.hidden_size if which == "weight_hh" else info.input_size),
+                          dtype=np.float32)  # a copy: in-memory snapshots must not be mutated
         with _SnapshotReader(snapshot) as reader:
-            matrix = _to_numpy(reader.rows(key, 0, info.gates * info.hidden_size))
+            reader.copy_rows(key, 0, matrix.shape[0], matrix)
         self._check_finite(matrix, snapshot, info)
-        return np.array(matrix, dtype=np.float32)  # a copy: in-memory snapshots must not be mutated
+        return matrix
 
     # ----------------------------------------------------------------- reading unit rows
 
-    def _read_unit_vectors(self, info: RecurrentLayerInfo, snapshot_indices, units, dtype) -> np.ndarray:
+    def _read_unit_vectors(self, info: RecurrentLayerInfo, snapshot_indices, units, dtype, *,
+                           out: np.ndarray | None = None, check_finite: bool = True) -> np.ndarray:
+        """Read unit rows of the given snapshots into `out` (T, n_units, d), allocated if None.
+
+        Each row is copied once, straight from the mapped file into its place in `out`.
+        check_finite=False skips the NaN/Inf test, for callers that detect bad values later (and
+        read again with the test to name the file)."""
         runs, order, n_units = _plan_row_reads(units, info.hidden_size, info.name)
         D, H, G = info.input_size, info.hidden_size, info.gates
         indices = list(snapshot_indices)
-        out = np.empty((len(indices), n_units, info.unit_dim), dtype=dtype)
+        shape = (len(indices), n_units, info.unit_dim)
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
+        elif out.shape != shape:
+            raise InvalidInputError(f"out has shape {out.shape}; reading needs {shape}")
         if n_units == 0:
             return out
         n_read = sum(stop - start for start, stop in runs)
-        scratch = None if order is None else np.empty((n_read, info.unit_dim), dtype=dtype)
+        scratch = None if order is None else np.empty((n_read, info.unit_dim), dtype=out.dtype)
         for t, snapshot_index in enumerate(indices):
             snapshot = self._snapshots[snapshot_index]
             rows_out = out[t] if scratch is None else scratch
@@ -154,20 +173,20 @@ class Trajectory:
                     block = slice(offset, offset + stop - start)
                     for g in range(G):
                         column = g * (D + H)
-                        w_ih = _to_numpy(reader.rows(info.weight_ih_key, g * H + start, g * H + stop))
-                        w_hh = _to_numpy(reader.rows(info.weight_hh_key, g * H + start, g * H + stop))
-                        self._check_finite(w_ih, snapshot, info)
-                        self._check_finite(w_hh, snapshot, info)
-                        rows_out[block, column:column + D] = w_ih
-                        rows_out[block, column + D:column + D + H] = w_hh
+                        reader.copy_rows(info.weight_ih_key, g * H + start, g * H + stop,
+                                         rows_out[block, column:column + D])
+                        reader.copy_rows(info.weight_hh_key, g * H + start, g * H + stop,
+                                         rows_out[block, column + D:column + D + H])
                     offset += stop - start
+            if check_finite:
+                self._check_finite(rows_out, snapshot, info)
             if scratch is not None:
                 np.take(scratch, order, axis=0, out=out[t])
         return out
 
     @staticmethod
     def _check_finite(values: np.ndarray, snapshot: _Snapshot, info: RecurrentLayerInfo) -> None:
-        if not np.isfinite(values).all():
+        if not all_finite(values):
             raise CheckpointError(
                 f"{snapshot.file}: layer {info.name!r} holds NaN or Inf weights at step "
                 f"{snapshot.step}; the training run diverged there. Drop that snapshot (and later "
@@ -175,41 +194,117 @@ class Trajectory:
             )
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """Whether an array holds no NaN or Inf, in one read-only pass in the common case: the sum of
+    finite values is finite unless it overflows, and only then is every element tested."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(values)) or np.isfinite(values).all())
+
+
+# safetensors dtype names -> little-endian numpy dtypes of the float types weights come in.
+_SAFETENSORS_FLOAT_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+                             "BF16": np.dtype("<u2")}  # bfloat16: its bits, widened to float32 on copy
+_MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
+
+
+class _MappedSafetensors:
+    """Zero-copy row access to a safetensors file: its header parsed, its data memory-mapped.
+
+    The safetensors library copies every slice into a new tensor; reading a large trajectory a
+    block of units at a time needs each row copied once, from the page cache straight into the
+    caller's array. The file was validated by the safetensors library when the trajectory was
+    loaded; every byte range used here is checked again against the file as it is now."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            header_bytes = int.from_bytes(head, "little")
+            if header_bytes > min(_MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(f"{path}: corrupt safetensors header (length {header_bytes} for a "
+                                      f"{size}-byte file)")
+            try:
+                header = json.loads(handle.read(header_bytes))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise CheckpointError(f"{path}: corrupt safetensors header ({error})") from error
+            if not isinstance(header, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+            self._header, self._data_start = header, 8 + header_bytes
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._data_bytes = size - self._data_start
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive somewhere; the map closes when it goes
+                pass
+            self._map = None
+
+    def rows(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of a 2-D tensor as a read-only view into the mapped file."""
+        entry = self._header.get(key)
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{self.path}: no tensor {key!r} (the file changed since loading?)")
+        dtype = _SAFETENSORS_FLOAT_DTYPES.get(entry.get("dtype"))
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has dtype {entry.get('dtype')!r}; recurrent weights "
+                                  f"must be F64, F32, F16 or BF16")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v >= 0 for v in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(v, int) for v in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= self._data_bytes
+                and offsets[1] - offsets[0] == shape[0] * shape[1] * dtype.itemsize
+                and 0 <= start <= stop <= shape[0]):
+            raise CheckpointError(f"{self.path}: tensor {key!r} does not fit the file (truncated or changed since "
+                                  f"loading?)")
+        row_bytes = shape[1] * dtype.itemsize
+        return np.frombuffer(self._map, dtype=dtype, count=(stop - start) * shape[1],
+                             offset=self._data_start + offsets[0] + start * row_bytes).reshape(stop - start, shape[1])
+
+    def is_bfloat16(self, key: str) -> bool:
+        return self._header[key]["dtype"] == "BF16"
+
+
 class _SnapshotReader:
-    """Row-range access to one snapshot's tensors, lazily for safetensors files."""
+    """Row-range copies out of one snapshot: memory-mapped for safetensors files, from memory otherwise."""
 
     def __init__(self, snapshot: _Snapshot):
         self._snapshot = snapshot
-        self._handle = None
+        self._mapped: _MappedSafetensors | None = None
 
     def __enter__(self) -> "_SnapshotReader":
         if self._snapshot.tensors is None:
             try:
-                self._handle = safe_open(str(self._snapshot.file), framework="pt").__enter__()
-            except (SafetensorError, OSError) as error:
+                self._mapped = _MappedSafetensors(self._snapshot.file)
+            except OSError as error:
                 raise CheckpointError(
                     f"{self._snapshot.file}: cannot reopen snapshot (moved or changed since loading?): {error}"
                 ) from error
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.__exit__(None, None, None)  # unmaps the file now rather than at collection
-            self._handle = None
+        if self._mapped is not None:
+            self._mapped.close()  # unmaps the file now rather than at collection
+            self._mapped = None
 
-    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        if self._handle is None:
-            return self._snapshot.tensors[key][start:stop]
-        try:
-            return self._handle.get_slice(key)[start:stop]
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{self._snapshot.file}: cannot read {key!r}: {error}") from error
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.detach().numpy()
+    def copy_rows(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy rows start:stop of tensor `key` into `out` (converting to its dtype), in one pass."""
+        if self._mapped is None:
+            tensor = self._snapshot.tensors[key][start:stop]
+            if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+                tensor = tensor.float()
+            out[...] = tensor.detach().numpy()
+            return
+        source = self._mapped.rows(key, start, stop)
+        if self._mapped.is_bfloat16(key):
+            source = (source.astype(np.uint32) << 16).view(np.float32)
+        out[...] = source
+        del source
 
 
 def _plan_row_reads(units, hidden_size: int, layer: str):

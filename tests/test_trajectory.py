@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
-from analysis.trajectory import load_trajectory
+from analysis.lds import fit_layer
+from analysis.trajectory import all_finite, load_trajectory
 
 STEPS = (100, 5, 10)  # written in this order; lexicographic order ("10" < "100" < "5") would be wrong
 
@@ -241,3 +242,47 @@ def test_unsafe_checkpoint_in_directory_is_refused_without_running_it(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r"ckpt_3\.pt.*nothing in it was run"):
         load_trajectory(tmp_path / "run")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_safetensors_snapshots_of_every_float_type_read_as_float32(tmp_path, dtype):
+    model = nn.GRU(3, 4)
+    states = write_checkpoints(tmp_path / "f32", model, steps=(1, 2, 3))
+    (tmp_path / "low").mkdir()
+    for step, state in states.items():
+        save_file({key: value.to(dtype) for key, value in state.items()}, str(tmp_path / "low" / f"ckpt_{step}.safetensors"))
+    vectors = load_trajectory(tmp_path / "low").unit_vectors("l0", units=[3, 0])
+    for t, step in enumerate(sorted(states)):
+        for row, unit in enumerate((3, 0)):
+            expected = expected_unit_vector({k: v.to(dtype).float() for k, v in states[step].items()}, "", "_l0",
+                                            unit, 3, 4)
+            np.testing.assert_array_equal(vectors[t, row], expected.numpy())
+
+
+def test_a_snapshot_truncated_after_loading_is_reported_not_read_past_its_end(tmp_path):
+    write_checkpoints(tmp_path, nn.LSTM(4, 4), steps=(1, 2, 3), fmt="safetensors")
+    trajectory = load_trajectory(tmp_path)
+    victim = tmp_path / "ckpt_3.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"ckpt_3\.safetensors.*truncated or changed"):
+        trajectory.unit_vectors("l0")
+
+
+def test_fit_layer_names_the_snapshot_that_holds_nan(tmp_path):
+    model = nn.LSTM(2, 6)
+    write_checkpoints(tmp_path, model, steps=(1, 2, 3, 4), fmt="safetensors")
+    state = model.state_dict()
+    state["weight_ih_l0"][6 + 4, 0] = float("nan")  # gate 1 of unit 4
+    save_file(state, str(tmp_path / "ckpt_9.safetensors"))
+    trajectory = load_trajectory(tmp_path)
+    with pytest.raises(CheckpointError, match=r"ckpt_9\.safetensors.*step 9"):
+        fit_layer(trajectory, "l0", order=2, block_units=2)
+
+
+def test_all_finite_is_exact_even_where_the_sum_overflows():
+    huge = np.full(10, 3e38, dtype=np.float32)
+    assert all_finite(huge)  # the float32 sum overflows; every element is still finite
+    huge[7] = np.inf
+    assert not all_finite(huge)
+    assert not all_finite(np.array([1.0, np.nan, -np.inf]))
+    assert all_finite(np.zeros((0, 3)))
