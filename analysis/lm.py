@@ -160,7 +160,34 @@ class RNNLanguageModel(nn.Module):
             output, layer_hidden = rnn(output, layer_hidden)
             output = self.drop(output)
             new_hidden.append(layer_hidden)
-        return self.decoder(output), new_hidden
+        return self._decode(output), new_hidden
+
+    def _decode(self, output: torch.Tensor) -> torch.Tensor:
+        """self.decoder(output), computed faster on CPU (benchmarks/bench_surgery_speed.py).
+
+        F.linear's fused bias costs an extra pass over the (tokens x vocabulary) logits, and more
+        than the product itself saves for a small hidden size. Where no gradient is needed
+        (evaluation, a teacher's forward pass) the bias rides in the product instead: [h, 1] times
+        [W | b]^T, with [W | b] kept until the weights change. In training: product, then bias in place.
+        """
+        weight, bias = self.decoder.weight, self.decoder.bias
+        if bias is None:
+            return torch.matmul(output, weight.t())
+        if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad or output.requires_grad):
+            return torch.matmul(output, weight.t()).add_(bias)
+        flat = output.reshape(-1, output.shape[-1])
+        with_ones = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], dim=1)
+        return torch.mm(with_ones, self._weight_with_bias(weight, bias).t()).view(*output.shape[:-1], -1)
+
+    def _weight_with_bias(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """[W | b] of the decoder, rebuilt whenever either tensor is replaced or changed in place."""
+        state = (weight._version, weight.data_ptr(), bias._version, bias.data_ptr())
+        cached = self.__dict__.get("_decoder_cache")  # not a buffer: never saved with the model
+        if cached is None or cached[0] is not weight or cached[1] is not bias or cached[2] != state:
+            with torch.no_grad():
+                cached = (weight, bias, state, torch.cat([weight, bias[:, None]], dim=1))
+            self.__dict__["_decoder_cache"] = cached
+        return cached[3]
 
     @staticmethod
     def detach_hidden(hidden):

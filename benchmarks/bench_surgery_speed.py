@@ -6,13 +6,15 @@ Model: the ptb-small LSTM language model (vocabulary 10000, 2x200). Three varian
 same run on the same input: dense; 50% of each layer's hidden units removed with prune_units
 (smaller matrices); and the dense model with half of its recurrent weight rows masked by
 torch.nn.utils.prune.ln_structured (same sizes, zeros). Prints tokens per second and the ratios
-to dense. Target: pruned >= 1.8x; masked about 1x (a mask saves no arithmetic).
+to dense: the median over rounds that time the variants one after another. Target: pruned >= 1.8x;
+masked about 1x (a mask saves no arithmetic).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import time
+from statistics import median
 
 import numpy as np
 import torch
@@ -40,46 +42,85 @@ def build_variants(seed: int = 0) -> dict[str, RNNLanguageModel]:
     return {"dense": dense, "pruned (prune_units)": pruned, "masked (torch prune)": masked.eval()}
 
 
-@torch.no_grad()
-def tokens_per_second(model: RNNLanguageModel, batches: int, repeats: int, bptt: int = 35, batch_size: int = 20) -> float:
-    inputs = torch.randint(0, VOCAB_SIZE, (bptt, batch_size), generator=torch.Generator().manual_seed(1))
-    hidden = model.init_hidden(batch_size)
-    for _ in range(3):  # warm-up
-        _, hidden = model(inputs, hidden)
-    best = float("inf")
-    for _ in range(repeats):
+class Timer:
+    """Forward passes of one model over a fixed batch, its hidden state carried along."""
+
+    def __init__(self, model: RNNLanguageModel, bptt: int = 35, batch_size: int = 20):
+        self.model, self.tokens = model, bptt * batch_size
+        self.inputs = torch.randint(0, VOCAB_SIZE, (bptt, batch_size), generator=torch.Generator().manual_seed(1))
+        self.hidden = model.init_hidden(batch_size)
+        self.seconds(3)  # warm-up
+
+    @torch.no_grad()
+    def seconds(self, batches: int) -> float:
         started = time.perf_counter()
         for _ in range(batches):
-            _, hidden = model(inputs, hidden)
-        best = min(best, time.perf_counter() - started)
-    return batches * bptt * batch_size / best
+            _, self.hidden = self.model(self.inputs, self.hidden)
+        return (time.perf_counter() - started) / batches
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer batches and repeats (seconds)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (seconds)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steadier timings on a shared machine)")
+    parser.add_argument("--decoder", action="store_true",
+                        help="also time the decoder's ways of adding the bias, at the dense and pruned sizes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    batches, repeats = (10, 3) if args.quick else (40, 7)
+    batches, rounds = (5, 6) if args.quick else (10, 30)
+    if args.decoder:
+        compare_decoder_paths(rounds=6 if args.quick else 25)
     variants = build_variants()
-    # interleave the variants so a change in machine load hits all of them alike
-    speeds = {name: 0.0 for name in variants}
-    for _ in range(2):
-        for name, model in variants.items():
-            speeds[name] = max(speeds[name], tokens_per_second(model, batches, repeats))
-    dense_speed = speeds["dense"]
+    timers = {name: Timer(model) for name, model in variants.items()}
+    # Rounds alternate the variants, and each round's ratios compare timings taken seconds apart,
+    # so a change in machine load hits both sides of a ratio alike; the median round is reported.
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer.seconds(batches))
+    dense_times = times["dense"]
+    ratios = {name: sorted(d / t for d, t in zip(dense_times, values)) for name, values in times.items()}
     print(f"ptb-small LSTM LM, vocabulary {VOCAB_SIZE}, {int(PRUNE_FRACTION * 100)}% of hidden units removed, "
-          f"{torch.get_num_threads()} thread(s), batch 20 x bptt 35, best of {repeats * 2} x {batches} batches")
+          f"{torch.get_num_threads()} thread(s), batch 20 x bptt 35, {rounds} alternating rounds of {batches} batches")
     for name, model in variants.items():
         counts = count_parameters(model)
-        print(f"  {name:22s} {speeds[name]:12,.0f} tokens/s   ratio {speeds[name] / dense_speed:5.2f}x   "
+        speed = timers[name].tokens / median(times[name])
+        spread = ratios[name]
+        print(f"  {name:22s} {speed:12,.0f} tokens/s (median round)   speed ratio {median(spread):5.2f}x "
+              f"(rounds {spread[len(spread) // 4]:.2f}-{spread[(3 * len(spread)) // 4]:.2f}, middle half)   "
               f"hidden {model.config.hidden_sizes}   recurrent params {counts['recurrent']:,}")
-    pruned_ratio = speeds["pruned (prune_units)"] / dense_speed
-    masked_ratio = speeds["masked (torch prune)"] / dense_speed
-    print(f"pruned/dense speed ratio: {pruned_ratio:.2f} (target >= 1.8) {'OK' if pruned_ratio >= 1.8 else 'BELOW TARGET'}")
-    print(f"masked/dense speed ratio: {masked_ratio:.2f} (expected about 1)")
+    pruned_ratio = median(ratios["pruned (prune_units)"])
+    masked_ratio = median(ratios["masked (torch prune)"])
+    print(f"pruned/dense speed ratio: {pruned_ratio:.3f} (target >= 1.8) {'OK' if pruned_ratio >= 1.8 else 'BELOW TARGET'}")
+    print(f"masked/dense speed ratio: {masked_ratio:.3f} (expected about 1)")
+
+
+def compare_decoder_paths(rounds: int, tokens: int = 700) -> None:
+    """Milliseconds per (tokens x K)(K x vocabulary) decoder product with bias, three ways, for the
+    dense (K = 200) and pruned (K = 100) sizes: medians of alternating rounds."""
+    import torch.nn.functional as F
+
+    ways = {}
+    for K in (200, 100):
+        generator = torch.Generator().manual_seed(K)
+        x, weight, bias = (torch.randn(tokens, K, generator=generator), torch.randn(VOCAB_SIZE, K, generator=generator),
+                           torch.randn(VOCAB_SIZE, generator=generator))
+        with_bias = torch.cat([weight, bias[:, None]], dim=1)
+        ways[f"K={K}  F.linear (bias fused in addmm)"] = lambda x=x, w=weight, b=bias: F.linear(x, w, b)
+        ways[f"K={K}  product, then bias in place (training)"] = lambda x=x, w=weight, b=bias: (x @ w.t()).add_(b)
+        ways[f"K={K}  [h, 1] [W | b]^T (no gradient)"] = lambda x=x, wb=with_bias: torch.mm(
+            torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1), wb.t())
+    times = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            for _ in range(5):
+                way()
+            times[name].append((time.perf_counter() - started) / 5 * 1000)
+    print(f"decoder, {tokens} tokens x vocabulary {VOCAB_SIZE}, median of {rounds} alternating rounds:")
+    for name, values in times.items():
+        print(f"  {name:48s} {median(values):7.2f} ms")
 
 
 if __name__ == "__main__":

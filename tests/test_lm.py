@@ -120,3 +120,36 @@ def test_load_model_refuses_pickled_objects_and_damaged_files(tmp_path):
         load_model(not_a_model)
     with pytest.raises(CheckpointError, match="no such"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_the_decoder_fast_paths_match_the_linear_layer_and_follow_weight_changes():
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(vocab_size=30, embedding_size=6, hidden_sizes=(5, 4))).eval()
+    tokens = torch.randint(0, 30, (7, 3))
+
+    def reference():
+        output = model.encoder(tokens)
+        for rnn in model.rnns:
+            output = rnn(output)[0]
+        return model.decoder(output)
+
+    with torch.no_grad():
+        cached, _ = model(tokens)  # bias folded into the product, [W | b] cached
+    torch.testing.assert_close(cached, reference())
+    trained, _ = model(tokens)  # with autograd: product, then the bias in place
+    torch.testing.assert_close(trained, reference())
+    trained.sum().backward()
+    assert model.decoder.bias.grad is not None and model.decoder.weight.grad is not None
+
+    torch.optim.SGD(model.parameters(), lr=0.5).step()  # changes the weights in place
+    with torch.no_grad():
+        after_step, _ = model(tokens)
+    torch.testing.assert_close(after_step, reference())
+    assert not torch.allclose(after_step, cached)
+
+    other = RNNLanguageModel(ModelConfig(vocab_size=30, embedding_size=6, hidden_sizes=(5, 4)))
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        loaded, _ = model(tokens)
+    torch.testing.assert_close(loaded, reference())
+    assert "_decoder_cache" not in str(list(model.state_dict()))
