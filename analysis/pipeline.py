@@ -57,7 +57,7 @@ class PipelineInterrupted(DynapruneError):
 class PipelineConfig(PlainConfig):
     config_name = "pipeline option"
 
-    ratio: float = 0.5                  # target fraction of each layer's original units to remove
+    ratio: float = 0.5                  # target fraction of each layer's original units to remove (0: a control)
     stages: int = 3                     # 1 is one-shot pruning
     criterion: str = "dynamics"         # "dynamics", "magnitude" or "random" (analysis.selection.CRITERIA)
     epochs_per_stage: int = 2
@@ -79,8 +79,9 @@ class PipelineConfig(PlainConfig):
     dry_run: bool = False
 
     def validate(self) -> "PipelineConfig":
-        if isinstance(self.ratio, bool) or not 0.0 < float(self.ratio) < 1.0:
-            raise InvalidInputError(f"the target pruning ratio must be in (0, 1), got {self.ratio!r}")
+        if isinstance(self.ratio, bool) or not 0.0 <= float(self.ratio) < 1.0:
+            raise InvalidInputError(f"the target pruning ratio must be in [0, 1) (0: fine-tune without pruning, "
+                                    f"a control), got {self.ratio!r}")
         for name in ("stages", "epochs_per_stage", "calibration_batches", "lds_order"):
             if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

@@ -210,7 +210,8 @@ def select_units(distances, ratio, criterion: str = "dynamics", importance=None,
             weights = np.asarray(weights, dtype=np.float64)
             if weights.ndim != 1 or not np.isfinite(weights).all():
                 raise InvalidInputError(f"importance for {label} must be a finite 1-D array")
-        if matrix is None and chooser.needs_distances:
+        nothing_to_prune = ratio_map.get(name) == 0 and weights is not None  # H known, no choice to make
+        if matrix is None and chooser.needs_distances and not nothing_to_prune:
             raise InvalidInputError(f"criterion {criterion!r} needs the distance matrix of {label}")
         if weights is None and chooser.needs_importance:
             raise InvalidInputError(f"criterion {criterion!r} needs unit importances for {label}")

@@ -20,6 +20,7 @@ student with its teacher about 5 minutes, so the 13 PTB rows take about 13 x 3 x
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -54,6 +55,7 @@ class Row:
 
 ROWS = [Row(f"{criterion}-{int(ratio * 100)}", criterion, ratio)
         for ratio in (0.3, 0.5, 0.7) for criterion in ("dynamics", "magnitude", "random")] + [
+    Row("control-0", "none", 0.0, "no pruning, the same fine-tuning (control)"),
     Row("one-shot-50", "dynamics", 0.5, "one-shot (1 stage)", ("--one-shot",)),
     Row("no-distillation-50", "dynamics", 0.5, "no distillation", ("--no-distillation",)),
     Row("plain-l2-50", "dynamics", 0.5, "plain L2", ("--plain-l2",)),
@@ -62,6 +64,10 @@ ROWS = [Row(f"{criterion}-{int(ratio * 100)}", criterion, ratio)
     Row("da-l2-1e-4-50", "dynamics", 0.5, "DA-L2 lambda 1e-4", ("--da-l2", "1e-4"), ("synthetic",)),
     Row("da-l2-1e-3-50", "dynamics", 0.5, "DA-L2 lambda 1e-3", ("--da-l2", "1e-3"), ("synthetic",)),
 ]
+# Rows run in this order (a row already started comes first): the comparison at 50% and its
+# control before the other ratios and the ablations.
+RUN_ORDER = ("dynamics-50", "magnitude-50", "random-50", "control-0", "dynamics-30", "magnitude-30", "random-30",
+             "dynamics-70", "magnitude-70", "random-70")
 ABLATIONS = ("one-shot-50", "no-distillation-50", "plain-l2-50", "no-regularization-50", "da-l2-1e-4-50", "da-l2-1e-3-50")
 
 
@@ -73,9 +79,11 @@ def row_dir(args, corpus: str, row: Row, seed: int) -> Path:
     return args.work_dir / corpus / f"{row.name}-seed{seed}"
 
 
-def row_command(row: Row, source: Path, out: Path, seed: int, args) -> list[str]:
+def row_command(row: Row, source: Path, out: Path, seed: int, args, epochs: int | None = None) -> list[str]:
+    """The `dynaprune prune` arguments of one row (epochs: per stage, default --epochs-per-stage)."""
+    criterion = "dynamics" if row.criterion == "none" else row.criterion  # nothing to choose at ratio 0
     command = ["prune", "--from", str(source), "--out", str(out), "--ratio", f"{row.ratio:g}", "--criterion",
-               row.criterion, "--epochs-per-stage", str(args.epochs_per_stage), "--seed", str(seed)]
+               criterion, "--epochs-per-stage", str(epochs or args.epochs_per_stage), "--seed", str(seed)]
     if args.da_l2 is not None and "--da-l2" not in row.flags:
         command += ["--da-l2", f"{args.da_l2:g}"]
     return command + list(row.flags) + (["--dry-run"] if args.quick else [])
@@ -95,8 +103,14 @@ def finished(out: Path) -> dict | None:
 
 def run_corpus(corpus: str, source: Path, args) -> int:
     """Run every unfinished row of one corpus, up to args.workers at a time; 143 if stopped by SIGTERM."""
-    pending = [(row, seed) for seed in args.seeds for row in rows_of(corpus)
-               if not finished(row_dir(args, corpus, row, seed))]
+    def priority(item):
+        row, seed = item
+        started = row_dir(args, corpus, row, seed).exists()
+        rank = RUN_ORDER.index(row.name) if row.name in RUN_ORDER else len(RUN_ORDER)
+        return (not started, seed, rank)
+
+    pending = sorted(((row, seed) for seed in args.seeds for row in rows_of(corpus)
+                      if not finished(row_dir(args, corpus, row, seed))), key=priority)
     running: dict[subprocess.Popen, str] = {}
     stopping = False
 
@@ -141,7 +155,7 @@ def wait_any(running: dict[subprocess.Popen, str]) -> subprocess.Popen:
 
 def collect(corpus: str, source: Path, args) -> dict:
     """Finished results of one corpus: the baseline and, per row, the final events of each seed."""
-    baseline, rows, commands = None, {}, {}
+    baseline, rows, commands, epochs_seen = None, {}, {}, set()
     for row in rows_of(corpus):
         finals = []
         for seed in seeds_of(args, corpus, row):
@@ -153,9 +167,21 @@ def collect(corpus: str, source: Path, args) -> dict:
                 zero_shot = [e["zero_shot_val_ppl"] for e in events if e.get("event") == "stage_start"]
                 finals.append({**final, "wall_s": wall, "zero_shot": zero_shot})
                 baseline = baseline or next((e for e in events if e.get("event") == "baseline"), None)
-            commands.setdefault(row.name, []).append(shown(row_command(row, source, out, seed, args)))
+            epochs = run_epochs_per_stage(out)
+            if epochs is not None:
+                epochs_seen.add(epochs)
+            commands.setdefault(row.name, []).append(shown(row_command(row, source, out, seed, args, epochs)))
         rows[row.name] = finals
-    return {"baseline": baseline, "rows": rows, "commands": commands}
+    return {"baseline": baseline, "rows": rows, "commands": commands, "epochs": sorted(epochs_seen)}
+
+
+def run_epochs_per_stage(out: Path) -> int | None:
+    """The fine-tuning epochs per stage a run was started with (from its pipeline.json), if any."""
+    try:
+        value = json.loads((out / "pipeline.json").read_text(encoding="utf-8"))["config"]["epochs_per_stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def seeds_of(args, corpus: str, row: Row) -> list[int]:
@@ -181,6 +207,8 @@ def change(value: float | None, reference: float | None) -> str:
 
 def corpus_section(corpus: str, results: dict, args) -> list[str]:
     lines = [f"## {CORPUS_TITLES[corpus]}", ""]
+    if results["epochs"]:
+        lines += [f"Fine-tuning: {' or '.join(map(str, results['epochs']))} epoch(s) per stage.", ""]
     baseline = results["baseline"]
     if baseline is None:
         lines += ["No finished runs yet. Run `python benchmarks/results.py --only " + corpus + "`"
@@ -239,6 +267,11 @@ def goal_lines(results: dict, base_test: float | None) -> list[str]:
     direction = "better" if gain >= 0 else "worse"
     lines.append(f"- full method, dynamics criterion, 50%: test perplexity {full:.2f} against {base_test:.2f} unpruned, "
                  f"{abs(gain) * 100:.2f}% {direction} (goal: at least 0.62% better): **{verdict}**.")
+    control = tests.get("control-0")
+    if control is not None:
+        lines.append(f"- control, the unpruned model fine-tuned the same way: test perplexity {control:.2f} "
+                     f"({change(control, base_test)} against the unpruned model); the full method at 50% is "
+                     f"{change(full, control)} against it.")
     for ratio in (30, 50, 70):
         ours = tests.get(f"dynamics-{ratio}")
         others = {c: tests.get(f"{c}-{ratio}") for c in ("magnitude", "random")}
@@ -268,8 +301,8 @@ def write_document(path: Path, sections: list[list[str]], summary: list[str], ar
              f"in `{args.work_dir_shown}`; every number below comes from those runs.", "",
              "Setting: each row starts from the sample model of that corpus (`sample_checkpoints/`), removes the given "
              "fraction of every layer's hidden units and fine-tunes. *Full method*: 3 stages (ratios "
-             "1 - (1 - r)^(s/3)), each fine-tuned for "
-             f"{args.epochs_per_stage} epoch(s) with cross-entropy, distillation from the previous stage (alpha 0.5, "
+             "1 - (1 - r)^(s/3)), each fine-tuned (for the epochs given under each corpus) "
+             "with cross-entropy, distillation from the previous stage (alpha 0.5, "
              "tau 2) and discrimination-aware L2, units chosen by the criterion named. Perplexities are word-level over "
              "the whole split (batch 10, bptt 35); the test perplexity is that of the model with the best validation "
              "perplexity of the last stage. \"test vs baseline\" is the relative change of test perplexity: negative "
@@ -341,7 +374,8 @@ def main() -> int:
         results = collect(corpus, sources[corpus], args)
         sections.append(corpus_section(corpus, results, args))
         base_test = None if results["baseline"] is None else results["baseline"]["test_ppl"]
-        findings = goal_lines(results, base_test)[2:6]
+        findings = [line for line in goal_lines(results, base_test)
+                    if line.startswith(("- full", "- control", "- 30%", "- 50%", "- 70%"))]
         summary.append(f"- {CORPUS_TITLES[corpus]}: " + ("no finished runs yet." if results["baseline"] is None else
                                                           " ".join(line[2:] for line in findings)))
     write_document(output, sections, summary, args)

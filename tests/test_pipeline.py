@@ -130,6 +130,19 @@ def test_a_two_stage_dry_run_writes_the_documented_layout(tmp_path, source_run, 
     assert result.val_ppl == final["val_ppl"]
 
 
+def test_ratio_zero_fine_tunes_the_unpruned_model_as_a_control(tmp_path, source_run, corpus):
+    out = tmp_path / "control"
+    prune(source_run, out, corpus, ratio=0.0, stages=2, epochs_per_stage=1, dry_run=True)
+    events = events_of(out)
+    assert [e["hidden_sizes"] for e in events if e["event"] == "stage_start"] == [SOURCE_SIZES, SOURCE_SIZES]
+    baseline, final = events[0], events[-1]
+    assert final["params_total"] == baseline["params_total"]
+    # the weights were fine-tuned, not just copied
+    model, _ = load_model(out)
+    source_model, _ = load_model(source_run)
+    assert not torch.equal(model.decoder.weight, source_model.decoder.weight)
+
+
 def test_running_again_after_an_interruption_mid_stage_ends_as_an_uninterrupted_run(tmp_path, source_run, corpus,
                                                                                      monkeypatch):
     options = dict(ratio=0.5, stages=2, epochs_per_stage=2, seed=3)

@@ -100,3 +100,10 @@ def test_asymmetric_or_nonfinite_distances_are_refused():
     D[1, 0] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
         select_units(D, 0.5)
+
+
+def test_a_zero_ratio_needs_no_distances_and_prunes_nothing():
+    plan = select_units({"a": None}, 0.0, criterion="dynamics", importance={"a": np.ones(5)})
+    assert plan.layers["a"].kept.tolist() == [0, 1, 2, 3, 4] and plan.layers["a"].pruned.size == 0
+    with pytest.raises(InvalidInputError, match="needs the distance matrix"):
+        select_units({"a": None}, 0.2, criterion="dynamics", importance={"a": np.ones(5)})

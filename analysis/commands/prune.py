@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model to prune: a run or sample directory (with its trajectory/) or a model file")
     parser.add_argument("--out", required=True, help="output directory (created; an unfinished run there is continued)")
     parser.add_argument("--ratio", type=float, default=defaults.ratio,
-                        help=f"fraction of each layer's units to remove in the end (default {defaults.ratio})")
+                        help=f"fraction of each layer's units to remove in the end (default {defaults.ratio}; 0 fine-tunes "
+                             f"the unpruned model the same way, as a control)")
     parser.add_argument("--stages", type=int, default=defaults.stages,
                         help=f"number of prune-and-fine-tune stages (default {defaults.stages})")
     parser.add_argument("--criterion", choices=sorted(CRITERIA), default=defaults.criterion,
