@@ -7,15 +7,16 @@
 
 Each row of the tables is one `dynaprune prune` run in <work-dir>/<corpus>/<row>-seed<k>: the
 dynamics, magnitude and random criteria at 30/50/70% with the full method (3 stages, distillation,
-discrimination-aware L2), and at 50% the ablations one-shot, no distillation, plain L2 and no
-regularisation. A finished run is skipped and an interrupted one continues, so running the same
+discrimination-aware L2), at 50% the ablations one-shot, no distillation, plain L2 and no
+regularisation, and a control: nothing pruned, the same fine-tuning (does fine-tuning alone help?). A finished run is skipped and an interrupted one continues, so running the same
 command again resumes the whole table; SIGTERM stops it (exit status 143) after saving. --workers N runs N
 rows at a time (each with --threads torch threads). The
 document is rewritten from every finished run in the work directory, whichever part was run.
 
 Cost on one thread: a synthetic row takes about a minute; a PTB fine-tuning epoch of the ptb-small
-student with its teacher about 5 minutes, so the 13 PTB rows take about 13 x 3 x E x 5 minutes
-(E = --epochs-per-stage: about 3.3 hours for E = 1, 6.5 hours for E = 2).
+student with its teacher about 5 minutes, so the 14 PTB rows take about 14 x 3 x E x 5 minutes
+(E = --epochs-per-stage: about 3.5 hours for E = 1, 7 hours for E = 2), half that with --workers 2
+on two cores if the runs do not slow each other down.
 """
 from __future__ import annotations
 
