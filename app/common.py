@@ -22,13 +22,13 @@ from analysis.distances import dynamics_distances
 from analysis.errors import DynapruneError
 from analysis.exploration import find_runs, heatmap_order, mds_embedding, run_kind
 from analysis.fileio import atomic_write_bytes
-from analysis.jobs import resolve_home
 from analysis.lds import DEFAULT_ORDER, fit_layer
 from analysis.lm import load_model, resolve_model_path
 from analysis.pipeline import PipelineConfig
 from analysis.pruning_preview import limit_threads, load_validation_tokens, unit_importance
 from analysis.selection import select_units
 from analysis.trajectory import MANIFEST_NAME, load_trajectory
+from analysis.uploads import remove_stale_uploads, uploads_root
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = "synthetic"
@@ -54,7 +54,7 @@ def runs_dir() -> Path:
 def uploads_dir() -> Path:
     """A folder for this browser session's uploads under the dynaprune home."""
     session = st.session_state.setdefault("upload_session", uuid.uuid4().hex)
-    return resolve_home() / "uploads" / session
+    return uploads_root() / session
 
 
 def has_trajectory(path: Path) -> bool:
@@ -83,7 +83,7 @@ def list_run_trajectories() -> list[Path]:
 
 def display_name(path: Path | str) -> str:
     path = Path(path)
-    for root, label in ((samples_dir(), "sample"), (runs_dir(), "runs"), (resolve_home() / "uploads", "upload")):
+    for root, label in ((samples_dir(), "sample"), (runs_dir(), "runs"), (uploads_root(), "upload")):
         if path.is_relative_to(root):
             return f"{label}: {path.relative_to(root)}"
     return str(path)
@@ -97,6 +97,17 @@ def configure_threads() -> int:
     threads = int(raw) if raw.isdigit() and int(raw) > 0 else max(1, min(4, (os.cpu_count() or 2) // 2))
     limit_threads(threads)
     return threads
+
+
+@st.cache_resource(show_spinner=False)
+def clean_old_uploads() -> int:
+    """Once per server process: remove upload folders unused for $DYNAPRUNE_UPLOAD_RETENTION_DAYS
+    (default 7) that no unfinished job reads from. Returns how many were removed."""
+    try:
+        return len(remove_stale_uploads())
+    except (DynapruneError, OSError) as error:
+        warnings.warn(f"old uploads were not cleaned up: {error}", stacklevel=2)
+        return 0
 
 
 def import_archive(name: str, data: bytes, folder: Path, max_unpacked_bytes: int) -> Path:

@@ -16,7 +16,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from analysis.errors import DynapruneError  # noqa: E402
-from app.common import configure_threads, current_source, display_name  # noqa: E402
+from app.common import clean_old_uploads, configure_threads, current_source, display_name  # noqa: E402
 
 st.set_page_config(page_title="dynaprune", page_icon=":material/stacked_line_chart:", layout="wide")
 
@@ -37,6 +37,7 @@ PAGES = {
 }
 
 configure_threads()
+clean_old_uploads()
 page = st.navigation(PAGES)
 source = current_source()
 st.sidebar.caption(f"Trajectory: {display_name(source)}" if source else "No trajectory chosen")
