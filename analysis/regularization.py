@@ -302,8 +302,8 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
         gradient = torch.empty_like(student)
         rows = min(LOSS_CHUNK_ROWS, n_rows)
         teacher_buffer, student_buffer, scratch_buffer = (student.new_empty(rows, vocab) for _ in range(3))
-        ce_total = torch.zeros((), dtype=torch.float64)
-        kl_total = torch.zeros((), dtype=torch.float64)
+        ce_total = torch.zeros((), dtype=torch.float64, device=student.device)
+        kl_total = torch.zeros((), dtype=torch.float64, device=student.device)
         for begin in range(0, n_rows, rows):
             end = min(begin + rows, n_rows)
             z_s, z_t, grad = student[begin:end], teacher[begin:end], gradient[begin:end]
