@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
+Also reading back the JSON files written here."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from analysis.errors import CheckpointError
 
 
 @contextlib.contextmanager
@@ -69,6 +72,18 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
         if isinstance(value, dict):
             records.append(value)
     return records
+
+
+def read_json_object(path: str | os.PathLike, what: str, remedy: str) -> dict:
+    """The JSON object in `path`; CheckpointError naming the file, `what` it holds (e.g. "the run
+    description") and the `remedy` if it cannot be read, is not JSON or holds something else."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read {what} ({error}); {remedy}") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected {what} as a JSON object; {remedy}")
+    return value
 
 
 def _json_default(value: Any) -> Any:

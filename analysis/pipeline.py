@@ -16,12 +16,9 @@ stops it with PipelineInterrupted: at once outside training, after the current b
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,13 +30,15 @@ from tqdm import tqdm
 
 from analysis.configs import PlainConfig
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
-from analysis.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines
+from analysis.evaluation import evaluate, perplexity
+from analysis.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines, read_json_object
 from analysis.lm import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
 from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationAwareL2
 from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
+from analysis.stopping import sigterm_requests_stop
 from analysis.surgery import count_parameters, prune_units
-from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted, evaluate,
-                               perplexity, steps_per_epoch, train_language_model)
+from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
+                               steps_per_epoch, train_language_model)
 
 PIPELINE_FILE, FINAL_MODEL_FILE = "pipeline.json", PRUNED_MODEL_FILE
 PLAN_FILE, IMPORTANCE_FILE = "plan.json", "importances.json"
@@ -47,6 +46,7 @@ PIPELINE_FORMAT = "dynaprune-pipeline"
 REGULARIZATIONS = ("da-l2", "l2", "none")
 # A dry run goes through every step (selection, surgery, fine-tuning, recording, evaluation) in seconds.
 DRY_RUN_LIMITS = {"max_batches_per_epoch": 4, "max_eval_batches": 2, "calibration_batches": 2}
+_REMEDY = "use another output directory or --overwrite"  # for a JSON file of the run that cannot be read
 
 
 class PipelineInterrupted(DynapruneError):
@@ -157,7 +157,8 @@ def resolve_source(path: str | Path) -> PipelineSource:
             raise InvalidInputError(f"{path}: this pruning run has not finished; finish it before pruning its result further")
         root = trajectory_dir = path / f"stage_{stages[-1]}"
     model, info = load_model(path)
-    run_info = _read_json(root / RUN_FILE) if (root / RUN_FILE).is_file() else {}
+    run_info = (read_json_object(root / RUN_FILE, "the run description", _REMEDY) if (root / RUN_FILE).is_file()
+                else {})
     train_config = run_info.get("train_config") or info.get("train_config") or {}
     return PipelineSource(path=path, model=model.train(), model_path=Path(info["path"]), trajectory_dir=trajectory_dir,
                           data_source=info.get("data_source") or run_info.get("data_source"),
@@ -265,7 +266,7 @@ class _Pipeline:
     def _open(self, overwrite: bool) -> None:
         stored_path = self.out / PIPELINE_FILE
         if stored_path.is_file() and not overwrite:
-            stored = _read_json(stored_path)
+            stored = read_json_object(stored_path, "the pruning run's description", _REMEDY)
             old_config, new_config = stored.get("config") or {}, self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
                            for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
@@ -315,7 +316,7 @@ class _Pipeline:
         return event
 
     def run(self) -> PipelineResult:
-        with _sigterm_requests_stop():
+        with sigterm_requests_stop(interrupt=_stopped_between_runs):
             if self._find("baseline") is None:
                 baseline = self._reference(self.source.model, "baseline")
                 self._emit(baseline)
@@ -349,7 +350,7 @@ class _Pipeline:
         target = {name: kept[stage - 1] for name, kept in self.kept.items()}
         plan_path = stage_dir / PLAN_FILE
         if plan_path.is_file():  # chosen before an interruption: reuse it, so the student is the same
-            plan = PruningPlan.from_dict(_read_json(plan_path))
+            plan = PruningPlan.from_dict(read_json_object(plan_path, "the stage's pruning plan", _REMEDY))
         else:
             plan = choose_units(teacher, trajectory_dir, target, config, stage)
             atomic_write_json(plan_path, {**plan.to_dict(), "stage": stage, "ratio": config.stage_ratios()[stage - 1]})
@@ -410,38 +411,8 @@ def _fingerprint(model: RNNLanguageModel) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: unreadable ({error}); use another output directory or --overwrite") from error
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object; use another output directory or --overwrite")
-    return value
-
-
-class _StopFlag:
-    requested = False
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
+def _stopped_between_runs() -> PipelineInterrupted:
     """Outside training, SIGTERM stops the pipeline at once: everything it has written so far was
     written atomically, so nothing is lost. (While a stage trains, the training loop's own handler
     takes over and stops after the current batch with a resumable checkpoint.)"""
-    stop = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request_stop(signum, frame):
-        stop.requested = True
-        raise PipelineInterrupted("stopped by SIGTERM between training runs; run the same command again to continue")
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return PipelineInterrupted("stopped by SIGTERM between training runs; run the same command again to continue")

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from analysis.errors import InvalidInputError
+from analysis.evaluation import evaluate, perplexity
 from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
 from analysis.selection import CRITERIA, select_units
 from analysis.surgery import prune_units
-from analysis.training import evaluate, perplexity
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000
 DEFAULT_CURVE_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)

@@ -1,4 +1,4 @@
-"""Training and evaluating word-level language models, recording the recurrent weights' trajectory.
+"""Training word-level language models, recording the recurrent weights' trajectory.
 
     result = train_language_model("runs/small", load_corpus("ptb"), model_config, TrainConfig.from_preset("ptb-small"))
 
@@ -8,92 +8,40 @@ loss, see analysis.lm.save_model) and trajectory/ (analysis.recorder). Calling t
 on the same directory resumes exactly where it stopped; SIGTERM stops it after the current batch
 with a checkpoint written. The loop also serves fine-tuning: pass `initial_model` (a pruned
 student), `teacher` (distillation, METHOD section 8) and `extra_loss` (e.g. a regulariser).
+The settings (TrainConfig) live in analysis.training_config, scoring (`evaluate`) in analysis.evaluation.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from analysis.corpora import Corpus, batchify, get_batch
-from analysis.configs import PlainConfig
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
-from analysis.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text
+from analysis.evaluation import evaluate, perplexity
+from analysis.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text, read_json_object
 from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
-                         load_model, preset, read_checkpoint, save_model)
+                         load_model, read_checkpoint, save_model)
 from analysis.recorder import TrajectoryRecorder
 from analysis.regularization import distillation_loss
+from analysis.stopping import StopFlag, sigterm_requests_stop
+from analysis.training_config import OPTIMIZERS, TrainConfig, resolve_record_every, steps_per_epoch
 
 RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
 RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
 CHECKPOINT_FORMAT = "dynaprune-train-checkpoint"
-TARGET_SNAPSHOTS = 40
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 _RESUME_FREE_FIELDS = ("log_interval",)  # may change between a run and its resumption
-
-
-@dataclass
-class TrainConfig(PlainConfig):
-    config_name = "training config"
-
-    epochs: int = 13
-    optimizer: str = "sgd"           # "sgd" (the reference setting) or "adam"
-    lr: float = 1.0
-    lr_decay: float = 0.5            # multiply the rate by this each epoch after `decay_after_epoch`
-    decay_after_epoch: int = 4
-    clip: float = 5.0                # gradient-norm clipping; 0 disables
-    bptt: int = 20
-    batch_size: int = 20
-    eval_batch_size: int = 10
-    eval_bptt: int = 35
-    seed: int = 1111
-    record_every: int | None = None  # steps between snapshots; None: about 40 per run; 0: no trajectory
-    record_dtype: str = "float32"
-    log_interval: int = 200
-    max_batches_per_epoch: int | None = None  # caps for dry runs
-    max_eval_batches: int | None = None
-    distill_alpha: float = 0.5                # used only with a teacher
-    distill_temperature: float = 2.0
-
-    def validate(self) -> "TrainConfig":
-        for name in ("epochs", "lr", "lr_decay", "bptt", "batch_size", "eval_batch_size", "eval_bptt",
-                     "log_interval", "distill_temperature"):
-            if not getattr(self, name) > 0:
-                raise InvalidInputError(f"training setting {name} must be positive, got {getattr(self, name)}")
-        for name in ("max_batches_per_epoch", "max_eval_batches"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InvalidInputError(f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
-        if self.record_every is not None and self.record_every < 0:
-            raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidInputError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.record_dtype not in ("float32", "float16"):
-            raise InvalidInputError(f"record_dtype must be float32 or float16, got {self.record_dtype!r}")
-        if self.clip < 0 or self.decay_after_epoch < 0 or not 0.0 <= self.distill_alpha <= 1.0:
-            raise InvalidInputError("clip and decay_after_epoch must be >= 0 and distill_alpha in [0, 1]")
-        return self
-
-    def lr_at_epoch(self, epoch: int) -> float:
-        """Learning rate of 1-based `epoch`: constant, then decayed once per epoch (Zaremba et al.)."""
-        return self.lr * self.lr_decay ** max(0, epoch - self.decay_after_epoch)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
-        return cls.from_dict({**preset(name)["training"], **overrides})
 
 
 class TrainingInterrupted(DynapruneError):
@@ -145,51 +93,6 @@ class _Progress:
     finished: bool = False
 
 
-def perplexity(mean_nll: float) -> float:
-    return math.exp(min(mean_nll, 700.0))
-
-
-@torch.no_grad()
-def evaluate(model: RNNLanguageModel, data: torch.Tensor, batch_size: int = 10, bptt: int = 35,
-             max_batches: int | None = None) -> tuple[float, int]:
-    """Mean next-token negative log-likelihood over a 1-D token stream, and the number of tokens scored.
-
-    The stream is cut into `batch_size` columns and read `bptt` tokens at a time with the hidden
-    state carried across windows (METHOD section 9); perplexity is exp of the mean.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        source = batchify(data, batch_size).to(next(model.parameters()).device)
-        hidden = model.init_hidden(batch_size)
-        total_nll, n_tokens = 0.0, 0
-        for count, start in enumerate(range(0, source.size(0) - 1, bptt)):
-            if max_batches is not None and count >= max_batches:
-                break
-            inputs, targets = get_batch(source, start, bptt)
-            logits, hidden = model(inputs, hidden)
-            total_nll += F.cross_entropy(logits.view(-1, logits.size(-1)), targets, reduction="sum").item()
-            n_tokens += targets.numel()
-    finally:
-        model.train(was_training)
-    if n_tokens == 0:
-        raise InvalidInputError(f"an evaluation stream of {data.numel()} tokens is too short for batch size {batch_size}")
-    return total_nll / n_tokens, n_tokens
-
-
-def steps_per_epoch(n_train_tokens: int, config: TrainConfig) -> int:
-    rows = n_train_tokens // config.batch_size
-    steps = max(0, math.ceil((rows - 1) / config.bptt))
-    return min(steps, config.max_batches_per_epoch or steps)
-
-
-def resolve_record_every(config: TrainConfig, n_train_tokens: int) -> int:
-    """The snapshot interval in steps; None means about TARGET_SNAPSHOTS snapshots over the run."""
-    if config.record_every is not None:
-        return int(config.record_every)
-    return max(1, math.ceil(config.epochs * steps_per_epoch(n_train_tokens, config) / TARGET_SNAPSHOTS))
-
-
 def _fingerprint(tensors) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
@@ -221,7 +124,7 @@ def train_language_model(run_dir: str | Path, corpus: Corpus, model_config: Mode
     """
     trainer = _Trainer(Path(run_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
                        torch.device(device), overwrite, log)
-    with _sigterm_requests_stop() as stop:
+    with sigterm_requests_stop() as stop:  # SIGTERM: stop after the current batch, checkpoint written
         trainer.train(stop, extra_loss, on_epoch_start, progress)
         return trainer.finish(evaluate_test)
 
@@ -280,7 +183,8 @@ class _Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise InvalidInputError(f"{self.run_dir} is a file; choose a directory for the run")
         if not overwrite and (self.run_dir / RUN_FILE).is_file() and self.checkpoint_path.is_file():
-            self._check_resumable(_read_json(self.run_dir / RUN_FILE))
+            self._check_resumable(read_json_object(self.run_dir / RUN_FILE, "the run description",
+                                                   "use another output directory or --overwrite"))
             state = read_checkpoint(self.checkpoint_path)
             if state.get("format") != CHECKPOINT_FORMAT:
                 raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint; use another output directory")
@@ -350,7 +254,7 @@ class _Trainer:
                                    f"written to {self.checkpoint_path}; run the same command again to resume",
                                    self.checkpoint_path)
 
-    def train(self, stop: "_StopFlag", extra_loss, on_epoch_start, show_progress: bool) -> None:
+    def train(self, stop: StopFlag, extra_loss, on_epoch_start, show_progress: bool) -> None:
         config, p = self.config, self.progress
         started = time.monotonic() - p.elapsed_s
         while p.epoch <= config.epochs:
@@ -471,39 +375,9 @@ class _Trainer:
                            metrics=self.metrics, resumed=self.resumed)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read the run description ({error}); use another output "
-                              f"directory or --overwrite") from error
-
-
 def _log(log: Callable[[str], None] | None, message: str) -> None:
     if log is print:
         tqdm.write(message, file=sys.stdout)  # keeps a progress bar intact
     elif log is not None:
         log(message)
 
-
-class _StopFlag:
-    requested = False
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-    """While training, SIGTERM asks the loop to stop after the current batch instead of killing it."""
-    stop = _StopFlag()
-    # signal handlers can only be set from the main thread (not, e.g., inside a web app's worker)
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request_stop(signum, frame):
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from analysis.corpora import load_corpus
 from analysis.errors import CheckpointError
+from analysis.evaluation import evaluate
 from analysis.lm import ModelConfig, RNNLanguageModel, load_model
 from analysis.surgery import prune_units
 from analysis.trajectory import load_trajectory
-from analysis.training import TrainConfig, TrainingInterrupted, evaluate, train_language_model
+from analysis.training import TrainConfig, TrainingInterrupted, train_language_model
 
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
 from analysis.lds import fit_layer
-from analysis.trajectory import all_finite, load_trajectory
+from analysis.snapshot_rows import all_finite
+from analysis.trajectory import load_trajectory
 
 STEPS = (100, 5, 10)  # written in this order; lexicographic order ("10" < "100" < "5") would be wrong
 

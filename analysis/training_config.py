@@ -1,0 +1,80 @@
+"""Training settings (TrainConfig, with the presets' values) and the schedule they imply: optimiser
+steps per epoch and the interval between trajectory snapshots. `analysis.training` runs them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from analysis.configs import PlainConfig
+from analysis.errors import InvalidInputError
+from analysis.lm import preset
+
+TARGET_SNAPSHOTS = 40
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+@dataclass
+class TrainConfig(PlainConfig):
+    config_name = "training config"
+
+    epochs: int = 13
+    optimizer: str = "sgd"           # "sgd" (the reference setting) or "adam"
+    lr: float = 1.0
+    lr_decay: float = 0.5            # multiply the rate by this each epoch after `decay_after_epoch`
+    decay_after_epoch: int = 4
+    clip: float = 5.0                # gradient-norm clipping; 0 disables
+    bptt: int = 20
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    eval_bptt: int = 35
+    seed: int = 1111
+    record_every: int | None = None  # steps between snapshots; None: about 40 per run; 0: no trajectory
+    record_dtype: str = "float32"
+    log_interval: int = 200
+    max_batches_per_epoch: int | None = None  # caps for dry runs
+    max_eval_batches: int | None = None
+    distill_alpha: float = 0.5                # used only with a teacher
+    distill_temperature: float = 2.0
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "lr", "lr_decay", "bptt", "batch_size", "eval_batch_size", "eval_bptt",
+                     "log_interval", "distill_temperature"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"training setting {name} must be positive, got {getattr(self, name)}")
+        for name in ("max_batches_per_epoch", "max_eval_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InvalidInputError(f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
+        if self.record_every is not None and self.record_every < 0:
+            raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInputError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.record_dtype not in ("float32", "float16"):
+            raise InvalidInputError(f"record_dtype must be float32 or float16, got {self.record_dtype!r}")
+        if self.clip < 0 or self.decay_after_epoch < 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise InvalidInputError("clip and decay_after_epoch must be >= 0 and distill_alpha in [0, 1]")
+        return self
+
+    def lr_at_epoch(self, epoch: int) -> float:
+        """Learning rate of 1-based `epoch`: constant, then decayed once per epoch (Zaremba et al.)."""
+        return self.lr * self.lr_decay ** max(0, epoch - self.decay_after_epoch)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        return cls.from_dict({**preset(name)["training"], **overrides})
+
+
+def steps_per_epoch(n_train_tokens: int, config: TrainConfig) -> int:
+    rows = n_train_tokens // config.batch_size
+    steps = max(0, math.ceil((rows - 1) / config.bptt))
+    return min(steps, config.max_batches_per_epoch or steps)
+
+
+def resolve_record_every(config: TrainConfig, n_train_tokens: int) -> int:
+    """The snapshot interval in steps; None means about TARGET_SNAPSHOTS snapshots over the run."""
+    if config.record_every is not None:
+        return int(config.record_every)
+    return max(1, math.ceil(config.epochs * steps_per_epoch(n_train_tokens, config) / TARGET_SNAPSHOTS))
