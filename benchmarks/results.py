@@ -172,8 +172,12 @@ def collect(corpus: str, source: Path, args) -> dict:
             epochs = run_epochs_per_stage(out)
             if epochs is not None:
                 epochs_seen.add(epochs)
-            commands.setdefault(row.name, []).append(shown(row_command(row, source, out, seed, args, epochs)))
+            commands.setdefault(row.name, []).append((row, out, seed, epochs))
         rows[row.name] = finals
+    # a row not started yet is shown with the budget of the rows that were, where they agree
+    default_epochs = next(iter(epochs_seen)) if len(epochs_seen) == 1 else None
+    commands = {name: [shown(row_command(row, source, out, seed, args, epochs or default_epochs))
+                       for row, out, seed, epochs in entries] for name, entries in commands.items()}
     return {"baseline": baseline, "rows": rows, "commands": commands, "epochs": sorted(epochs_seen)}
 
 
