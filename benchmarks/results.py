@@ -373,15 +373,13 @@ def main() -> int:
 
     status = 0
     for corpus in ("synthetic", "ptb"):
-        if args.only not in (None, corpus):
+        if args.only not in (None, corpus) or args.document_only:
             continue
         if corpus == "ptb" and not os.environ.get("DYNAPRUNE_PTB_DIR"):
             print("skipping Penn Treebank: set DYNAPRUNE_PTB_DIR to the directory holding ptb.train.txt", flush=True)
             continue
         if not sources[corpus].exists():
             print(f"skipping {corpus}: {sources[corpus]} does not exist (see sample_checkpoints/README.md)", flush=True)
-            continue
-        if args.document_only:
             continue
         status = run_corpus(corpus, sources[corpus], args)
         if status:
