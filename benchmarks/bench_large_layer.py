@@ -3,7 +3,7 @@
 H = 1500 units, input size D = 1500 (d = 4 * (D + H) = 12000), T = 55 snapshots, order 4. The
 benchmark writes a synthetic trajectory to disk (about 4 GB of safetensors snapshots, reused on
 later runs), then measures in a fresh child process, so its peak memory is the analysis alone:
-    - load_trajectory + fit_layer (unit vectors read in blocks through safetensors slices)
+    - load_trajectory + fit_layer (unit vectors read in blocks of rows from the memory-mapped safetensors files)
     - dynamics_distances over all 1500 x 1500 pairs
     - the one big matrix product the computation needs, (N*n x d)(d x N*n), as the baseline
 Targets: fit + distances <= 180 s, peak memory <= 4 GB, total within 2x of the big product.
