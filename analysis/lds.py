@@ -203,7 +203,7 @@ def fit_layer(trajectory, layer: str, order: int = DEFAULT_ORDER, block_units: i
     T, H, d = len(trajectory), info.hidden_size, info.unit_dim
     if block_units is None:
         block_units = max(1, min(H, (256 * 2**20) // max(1, 4 * T * d)))
-    _validated_unit_vectors(np.empty((T, 1, d), dtype=np.float32), order)  # order against T and d, before reading
+    _check_order(order, n_snapshots=T, unit_dim=d)  # before reading anything
     buffer = np.empty(T * min(block_units, H) * d, dtype=np.float32)
     fits = []
     for start in range(0, H, block_units):
@@ -226,17 +226,20 @@ def _validated_unit_vectors(unit_vectors, order: int) -> np.ndarray:
         raise InvalidInputError(f"unit vectors must have shape (T, H, d); got an array of shape {Y.shape}")
     if not np.issubdtype(Y.dtype, np.number):
         raise InvalidInputError(f"unit vectors must be numeric; got dtype {Y.dtype}")
-    T = Y.shape[0]
-    if T < 3:
-        raise InvalidInputError(f"need at least 3 snapshots to fit dynamics; got {T}")
+    _check_order(order, n_snapshots=Y.shape[0], unit_dim=Y.shape[2])
+    return Y
+
+
+def _check_order(order: int, n_snapshots: int, unit_dim: int) -> None:
+    if n_snapshots < 3:
+        raise InvalidInputError(f"need at least 3 snapshots to fit dynamics; got {n_snapshots}")
     if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
         raise InvalidInputError(f"order must be a positive integer; got {order!r}")
-    if order >= T:
-        raise InvalidInputError(f"order {order} must be smaller than the number of snapshots T = {T}; "
-                                f"use order <= {T - 1} or log more snapshots")
-    if order > Y.shape[2]:
-        raise InvalidInputError(f"order {order} exceeds the unit vector size d = {Y.shape[2]}")
-    return Y
+    if order >= n_snapshots:
+        raise InvalidInputError(f"order {order} must be smaller than the number of snapshots T = {n_snapshots}; "
+                                f"use order <= {n_snapshots - 1} or log more snapshots")
+    if order > unit_dim:
+        raise InvalidInputError(f"order {order} exceeds the unit vector size d = {unit_dim}")
 
 
 def _check_finite(array: np.ndarray, what: str, error: type[InvalidInputError] = InvalidInputError) -> None:
