@@ -37,6 +37,7 @@ from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationA
 from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
 from analysis.stopping import sigterm_requests_stop
 from analysis.surgery import count_parameters, prune_units
+from analysis.training_config import LR_SCHEDULES
 from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
                                steps_per_epoch, train_language_model)
 
@@ -74,6 +75,7 @@ class PipelineConfig(PlainConfig):
     lr: float | None = None             # fine-tuning rate; None: half the source run's initial rate
     lr_decay: float | None = None       # None: the source run's
     decay_after_epoch: int = 1
+    lr_schedule: str = "cosine"         # "cosine": each stage anneals lr to 0; "step": lr_decay per epoch
     snapshots_per_stage: int = 20
     seed: int = 0
     dry_run: bool = False
@@ -99,6 +101,8 @@ class PipelineConfig(PlainConfig):
             raise InvalidInputError("importance_refresh_epochs and decay_after_epoch must be >= 0")
         if (self.lr is not None and not self.lr > 0) or (self.lr_decay is not None and not self.lr_decay > 0):
             raise InvalidInputError(f"lr and lr_decay must be positive, got {self.lr!r}, {self.lr_decay!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InvalidInputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.horizon is not None and int(self.horizon) < 1:
             raise InvalidInputError(f"horizon must be a positive number of steps, got {self.horizon!r}")
         return self
@@ -173,7 +177,7 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
     settings = base.to_dict()
     settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
                     lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
-                    decay_after_epoch=config.decay_after_epoch, seed=config.seed + stage,
+                    decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule, seed=config.seed + stage,
                     distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau, record_every=1)
     if config.dry_run:
         settings.update(max_batches_per_epoch=DRY_RUN_LIMITS["max_batches_per_epoch"],
@@ -267,7 +271,8 @@ class _Pipeline:
         stored_path = self.out / PIPELINE_FILE
         if stored_path.is_file() and not overwrite:
             stored = read_json_object(stored_path, "the pruning run's description", _REMEDY)
-            old_config, new_config = stored.get("config") or {}, self.description["config"]
+            # runs from before the schedule could be chosen used the per-epoch one
+            old_config, new_config = {"lr_schedule": "step", **(stored.get("config") or {})}, self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
                            for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
             differences += [key for key in ("source_model_sha256", "data_source") if stored.get(key) != self.description[key]]

@@ -176,7 +176,7 @@ class _Trainer:
             self.recorder = TrajectoryRecorder(self.model, run_dir / TRAJECTORY_DIR, every=self.record_every,
                                                dtype=config.record_dtype)
             if not self.resumed:
-                self.recorder.record(0, epoch=0, metrics={"lr": config.lr_at_epoch(1)})
+                self.recorder.record(0, epoch=0, metrics={"lr": config.lr_at_step(0, self.n_batches)})
 
     def _open_run_dir(self, overwrite: bool) -> dict | None:
         """The checkpoint to resume from, if any; otherwise a cleared run directory."""
@@ -203,7 +203,8 @@ class _Trainer:
     def _check_resumable(self, stored: dict) -> None:
         differences = [key for key in ("model_config", "data_fingerprint", "vocab_size", "initial_model_sha256",
                                        "teacher_sha256") if stored.get(key) != self.run_info[key]]
-        old, new = stored.get("train_config", {}), self.run_info["train_config"]
+        # runs from before the schedule could be chosen used the per-epoch one
+        old, new = {"lr_schedule": "step", **stored.get("train_config", {})}, self.run_info["train_config"]
         differences += [f"train_config.{key}" for key in sorted(set(old) | set(new))
                         if key not in _RESUME_FREE_FIELDS and old.get(key) != new.get(key)]
         if differences:
@@ -257,10 +258,10 @@ class _Trainer:
     def train(self, stop: StopFlag, extra_loss, on_epoch_start, show_progress: bool) -> None:
         config, p = self.config, self.progress
         started = time.monotonic() - p.elapsed_s
+        per_step_lr = config.lr_schedule != "step"
         while p.epoch <= config.epochs:
-            epoch, lr = p.epoch, config.lr_at_epoch(p.epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            epoch = p.epoch
+            lr = self._set_lr()
             if on_epoch_start is not None:
                 on_epoch_start(self.model, epoch)
             if p.batch == 0:
@@ -269,6 +270,8 @@ class _Trainer:
             with tqdm(total=self.n_batches, initial=p.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                       leave=False, disable=not (show_progress and sys.stderr.isatty())) as bar:
                 while p.batch < self.n_batches and not stop.requested:
+                    if per_step_lr:
+                        lr = self._set_lr()
                     loss = self._train_batch(epoch, extra_loss)
                     p.step, p.batch = p.step + 1, p.batch + 1
                     p.epoch_loss_sum, p.epoch_batches = p.epoch_loss_sum + loss, p.epoch_batches + 1
@@ -290,6 +293,15 @@ class _Trainer:
             self._end_epoch(epoch, lr, started)
             if stop.requested and p.epoch <= config.epochs:
                 raise self._interrupted()
+
+    def _set_lr(self) -> float:
+        """Set the rate of the next optimiser step (the schedule's value at the current step) and return it."""
+        config = self.config
+        lr = (config.lr_at_epoch(self.progress.epoch) if config.lr_schedule == "step"
+              else config.lr_at_step(self.progress.step, self.n_batches))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _train_batch(self, epoch: int, extra_loss) -> float:
         config = self.config

@@ -15,6 +15,7 @@ from analysis.lm import preset
 
 TARGET_SNAPSHOTS = 40
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainConfig(PlainConfig):
     lr: float = 1.0
     lr_decay: float = 0.5            # multiply the rate by this each epoch after `decay_after_epoch`
     decay_after_epoch: int = 4
+    lr_schedule: str = "step"        # "step": the per-epoch decay above; "cosine": lr to 0 over the run's steps
     clip: float = 5.0                # gradient-norm clipping; 0 disables
     bptt: int = 20
     batch_size: int = 20
@@ -52,6 +54,8 @@ class TrainConfig(PlainConfig):
             raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
         if self.optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InvalidInputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.record_dtype not in ("float32", "float16"):
             raise InvalidInputError(f"record_dtype must be float32 or float16, got {self.record_dtype!r}")
         if self.clip < 0 or self.decay_after_epoch < 0 or not 0.0 <= self.distill_alpha <= 1.0:
@@ -61,6 +65,15 @@ class TrainConfig(PlainConfig):
     def lr_at_epoch(self, epoch: int) -> float:
         """Learning rate of 1-based `epoch`: constant, then decayed once per epoch (Zaremba et al.)."""
         return self.lr * self.lr_decay ** max(0, epoch - self.decay_after_epoch)
+
+    def lr_at_step(self, step: int, steps_per_epoch: int) -> float:
+        """Learning rate of 0-based optimiser `step` of the run. "step": `lr_at_epoch` of the step's
+        epoch. "cosine": lr * (1 + cos(pi * step / total)) / 2 over the run's epochs * steps_per_epoch
+        steps, so each run (each pruning stage) ends annealed close to 0 (lr_decay is not used)."""
+        steps_per_epoch = max(1, int(steps_per_epoch))
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / (self.epochs * steps_per_epoch))))
+        return self.lr_at_epoch(step // steps_per_epoch + 1)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":

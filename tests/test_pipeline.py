@@ -119,6 +119,9 @@ def test_a_two_stage_dry_run_writes_the_documented_layout(tmp_path, source_run, 
         assert (stage_dir / "trajectory" / "manifest.json").is_file()
         plan = json.loads((stage_dir / "plan.json").read_text())
         assert [len(layer["kept"]) for layer in plan["layers"]] == expected_sizes[stage - 1]
+        # each stage anneals its own rate (the cosine schedule, the default)
+        stage_config = json.loads((stage_dir / "run.json").read_text())["train_config"]
+        assert stage_config["lr_schedule"] == "cosine" and stage_config["epochs"] == 1
 
     raw = torch.load(out / "final.pt", weights_only=True)
     assert raw["model_config"]["hidden_sizes"] == [6, 5]
@@ -196,6 +199,15 @@ def test_a_finished_run_is_not_redone_and_other_options_are_refused(tmp_path, so
     run_pruning_pipeline(source_run, out, PipelineConfig(ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True),
                          corpus=corpus, overwrite=True, progress=False, log=None)
     assert json.loads((out / "pipeline.json").read_text())["config"]["ratio"] == 0.3
+    # a run from before the schedule could be chosen used the per-epoch one: it resumes only as that
+    stored = json.loads((out / "pipeline.json").read_text())
+    del stored["config"]["lr_schedule"]
+    (out / "pipeline.json").write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="lr_schedule 'step' -> 'cosine'"):
+        prune(source_run, out, corpus, ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True)
+    spy = TrainingSpy(monkeypatch)
+    prune(source_run, out, corpus, ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True, lr_schedule="step")
+    assert spy.calls == []
 
 
 def test_ablation_switches_change_what_they_should(tmp_path, source_run, corpus, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.corpora import load_corpus
-from analysis.errors import CheckpointError
+from analysis.errors import CheckpointError, InvalidInputError
 from analysis.evaluation import evaluate
 from analysis.lm import ModelConfig, RNNLanguageModel, load_model
 from analysis.surgery import prune_units
@@ -150,6 +150,32 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus, stop_step,
     assert resumed[1] == reference[1]
     assert resumed[2] == reference[2]
     assert all(np.array_equal(a, b) for a, b in zip(resumed[3], reference[3]))
+
+
+def test_the_cosine_schedule_anneals_each_run_to_zero_and_the_step_schedule_is_per_epoch():
+    cosine = train_config(lr=2.0, epochs=2, lr_schedule="cosine").validate()
+    rates = [cosine.lr_at_step(step, 10) for step in range(20)]
+    assert rates[0] == 2.0 and rates[10] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and 0 < rates[-1] < 0.03
+    step = train_config(lr=2.0).validate()  # halved after each epoch from the first
+    assert [step.lr_at_step(s, 10) for s in (0, 9, 10, 25)] == [2.0, 2.0, 1.0, 0.5]
+    with pytest.raises(InvalidInputError, match="lr_schedule"):
+        train_config(lr_schedule="linear").validate()
+
+
+def test_a_cosine_run_sets_the_rate_every_step_and_resumes_on_the_same_schedule(tmp_path, corpus):
+    config = train_config(lr_schedule="cosine")
+    reference = final_state(tmp_path / "reference", train(tmp_path / "reference", corpus, config=config))
+    logged = [(e["step"], e["lr"]) for e in reference[1] if e["event"] == "train"]
+    # each train event carries the rate of the step just taken (6 batches an epoch)
+    assert logged == [(s, pytest.approx(config.lr_at_step(s - 1, 6))) for s, _ in logged]
+    assert [lr for _, lr in logged] == sorted((lr for _, lr in logged), reverse=True)
+    assert logged[-1][1] < 0.05 * config.lr
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "interrupted", corpus, config=config, extra_loss=StopAt(8, "sigterm"))
+    resumed = final_state(tmp_path / "interrupted", train(tmp_path / "interrupted", corpus, config=config))
+    assert all(torch.equal(resumed[0][k], reference[0][k]) for k in reference[0])
+    assert resumed[1] == reference[1]
 
 
 def test_sigterm_at_an_epoch_end_stops_there_with_a_checkpoint(tmp_path, corpus):
