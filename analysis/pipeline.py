@@ -37,7 +37,7 @@ from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationA
 from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
 from analysis.stopping import sigterm_requests_stop
 from analysis.surgery import count_parameters, prune_units
-from analysis.training_config import LR_SCHEDULES
+from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
                                steps_per_epoch, train_language_model)
 
@@ -70,6 +70,7 @@ class PipelineConfig(PlainConfig):
     distillation: bool = True
     kd_alpha: float = 0.5
     kd_tau: float = 2.0
+    teacher_precision: str = "float32"  # of the teacher's decoder product; "bfloat16": faster where the CPU has it
     lds_order: int = 4                  # capped at T - 1 for a trajectory of T snapshots
     horizon: int | None = None          # dynamics-distance horizon; None: the number of snapshots
     lr: float | None = None             # fine-tuning rate; None: half the source run's initial rate
@@ -101,6 +102,9 @@ class PipelineConfig(PlainConfig):
             raise InvalidInputError("importance_refresh_epochs and decay_after_epoch must be >= 0")
         if (self.lr is not None and not self.lr > 0) or (self.lr_decay is not None and not self.lr_decay > 0):
             raise InvalidInputError(f"lr and lr_decay must be positive, got {self.lr!r}, {self.lr_decay!r}")
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise InvalidInputError(f"teacher_precision must be one of {sorted(TEACHER_PRECISIONS)}, "
+                                    f"got {self.teacher_precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InvalidInputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.horizon is not None and int(self.horizon) < 1:
@@ -178,7 +182,8 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
     settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
                     lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
                     decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule, seed=config.seed + stage,
-                    distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau, record_every=1)
+                    distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau,
+                    teacher_precision=config.teacher_precision, record_every=1)
     if config.dry_run:
         settings.update(max_batches_per_epoch=DRY_RUN_LIMITS["max_batches_per_epoch"],
                         max_eval_batches=DRY_RUN_LIMITS["max_eval_batches"], log_interval=2)
@@ -271,8 +276,9 @@ class _Pipeline:
         stored_path = self.out / PIPELINE_FILE
         if stored_path.is_file() and not overwrite:
             stored = read_json_object(stored_path, "the pruning run's description", _REMEDY)
-            # runs from before the schedule could be chosen used the per-epoch one
-            old_config, new_config = {"lr_schedule": "step", **(stored.get("config") or {})}, self.description["config"]
+            # runs from before these settings existed used the per-epoch schedule and a float32 teacher
+            old_config = {"lr_schedule": "step", "teacher_precision": "float32", **(stored.get("config") or {})}
+            new_config = self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
                            for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
             differences += [key for key in ("source_model_sha256", "data_source") if stored.get(key) != self.description[key]]

@@ -11,11 +11,13 @@ passes, loss, backward, clipping, the optimiser) and none of a run's fixed costs
 checkpoints written with fsync, the once-per-epoch importance measurement), which vary far more
 on a shared machine than a step does. Each variant's step time is the median over the steps of a
 run; the variants alternate over several rounds and the median round's ratio is reported.
-Target: ratio <= 1.6.
+The distillation step is timed twice: with the teacher's output layer in float32 (the default) and
+in bfloat16 (--teacher-precision bfloat16). Target: ratio <= 1.6.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ from analysis.surgery import prune_units
 from analysis.training import TrainConfig, train_language_model
 
 VOCAB = 10_000
+FULL = "CE + distillation + DA-L2"
+FULL_BF16 = "CE + distillation (bfloat16 teacher) + DA-L2"
 
 
 def random_corpus(n_train: int, seed: int = 0) -> Corpus:
@@ -41,10 +45,11 @@ def random_corpus(n_train: int, seed: int = 0) -> Corpus:
     return Corpus(source="random-tokens", vocab=Vocabulary(f"w{i}" for i in range(VOCAB)), **streams)
 
 
-def step_seconds(run_dir: Path, corpus: Corpus, student, teacher, regularizer, batches: int) -> float:
+def step_seconds(run_dir: Path, corpus: Corpus, student, teacher, regularizer, teacher_precision: str,
+                 batches: int) -> float:
     """Median seconds per training step of one run of `batches` steps (the first two left out as warm-up)."""
     config = TrainConfig.from_preset("ptb-small", epochs=1, max_batches_per_epoch=batches, max_eval_batches=1,
-                                     record_every=0)
+                                     record_every=0, teacher_precision=teacher_precision)
     stamps = []
 
     def timed_loss(context):  # called once per batch, after the task loss and before backward
@@ -76,29 +81,33 @@ def main() -> None:
                                     for name, rnn in zip(teacher.layer_names, teacher.rnns)})
     regularizer = DiscriminationAwareL2(lam=1e-4, calibration_tokens=corpus.train, batch_size=config.batch_size,
                                         bptt=config.bptt)
-    variants = {"plain CE": (None, None), "CE + distillation + DA-L2": (teacher, regularizer)}
+    variants = {"plain CE": (None, None, "float32"),
+                FULL: (teacher, regularizer, "float32"),
+                FULL_BF16: (teacher, regularizer, "bfloat16")}
     steps = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as work:
         for _ in range(rounds):
-            for name, (with_teacher, with_penalty) in variants.items():
-                steps[name].append(step_seconds(Path(work) / "run", corpus, student, with_teacher, with_penalty, batches))
-    ratios = sorted(kd / plain for kd, plain in zip(steps["CE + distillation + DA-L2"], steps["plain CE"]))
+            for name, (with_teacher, with_penalty, precision) in variants.items():
+                steps[name].append(step_seconds(Path(work) / "run", corpus, student, with_teacher, with_penalty,
+                                                precision, batches))
     per_step = {name: median(values) for name, values in steps.items()}
     print(f"student hidden sizes {student.config.hidden_sizes} (teacher {teacher.config.hidden_sizes}), vocabulary "
           f"{VOCAB}, batch {config.batch_size} x bptt {config.bptt}, {torch.get_num_threads()} thread(s), "
           f"{rounds} alternating rounds of {batches} steps (medians)")
     for name, seconds in per_step.items():
         rounds_ms = " ".join(f"{value * 1000:.0f}" for value in steps[name])
-        print(f"  {name:28s} {seconds * 1000:8.1f} ms/step   (rounds: {rounds_ms})")
+        print(f"  {name:48s} {seconds * 1000:8.1f} ms/step   (rounds: {rounds_ms})")
     parts = extra_parts(teacher, student, regularizer, corpus, config, repeats)
     print("  where the extra time goes (each part timed alone, per step):")
     for name, seconds in parts.items():
         print(f"    {name:36s} {seconds * 1000:8.1f} ms ({seconds / per_step['plain CE']:.2f} of a plain step)")
-    ratio = median(ratios)
-    floor = 1 + parts["teacher forward"] / per_step["plain CE"]
-    print(f"fine-tuning step ratio: {ratio:.3f}x, median of {rounds} rounds ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
-          f"(target <= 1.6x) {'OK' if ratio <= 1.6 else 'ABOVE TARGET'}; the teacher's forward pass alone sets a floor "
-          f"of {floor:.2f}x")
+    for name, teacher_part in ((FULL, "teacher forward"), (FULL_BF16, "teacher forward, bfloat16 decoder")):
+        ratios = sorted(kd / plain for kd, plain in zip(steps[name], steps["plain CE"]))
+        ratio = median(ratios)
+        floor = 1 + parts[teacher_part] / per_step["plain CE"]
+        print(f"step ratio, {name}: {ratio:.3f}x, median of {rounds} rounds ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
+              f"(target <= 1.6x) {'OK' if ratio <= 1.6 else 'ABOVE TARGET'}; its teacher's forward pass alone sets "
+              f"a floor of {floor:.2f}x")
 
 
 def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, steps: int = 10) -> dict[str, float]:
@@ -118,6 +127,12 @@ def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, ste
         with torch.no_grad():
             teacher(inputs)
 
+    bf16_teacher = copy.deepcopy(teacher).set_inference_precision(torch.bfloat16)
+
+    def bf16_teacher_forward():
+        with torch.no_grad():
+            bf16_teacher(inputs)
+
     targets = torch.randint(0, VOCAB, (student_logits.shape[0],))
 
     def separate_terms():
@@ -125,6 +140,7 @@ def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, ste
          ).backward()
 
     parts = {"teacher forward": teacher_forward,
+             "teacher forward, bfloat16 decoder": bf16_teacher_forward,
              "cross-entropy alone, forward + backward": lambda: F.cross_entropy(student_logits, targets).backward(),
              "CE + distillation, fused (used)": lambda: distillation_loss(student_logits, teacher_logits, targets,
                                                                           0.5, 2.0).loss.backward(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
@@ -153,3 +154,29 @@ def test_the_decoder_fast_paths_match_the_linear_layer_and_follow_weight_changes
         loaded, _ = model(tokens)
     torch.testing.assert_close(loaded, reference())
     assert "_decoder_cache" not in str(list(model.state_dict()))
+
+
+def test_bfloat16_inference_precision_changes_only_gradient_free_decoding_and_only_slightly():
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(vocab_size=500, embedding_size=16, hidden_sizes=(32,))).eval()
+    tokens = torch.randint(0, 500, (7, 3))
+    with torch.no_grad():
+        exact, _ = model(tokens)
+    with_grad, _ = model(tokens)
+    model.set_inference_precision(torch.bfloat16)
+    with torch.no_grad():
+        rounded, _ = model(tokens)
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
+    torch.testing.assert_close(rounded, exact, atol=0.02 * exact.abs().max().item(), rtol=0.0)
+    # the distillation targets (softmax at tau 2) barely move
+    p, q = torch.softmax(exact / 2, -1), torch.softmax(rounded / 2, -1)
+    assert (p * (p.log() - q.log())).sum(-1).max() < 1e-4
+    again_with_grad, _ = model(tokens)  # a pass that needs gradients keeps float32
+    assert torch.equal(again_with_grad, with_grad)
+    assert copy.deepcopy(model).__dict__["_inference_dtype"] == torch.bfloat16
+    assert set(model.state_dict()) == set(RNNLanguageModel(model.config).state_dict())
+    model.set_inference_precision(torch.float32)
+    with torch.no_grad():
+        assert torch.equal(model(tokens)[0], exact)
+    with pytest.raises(InvalidInputError, match="bfloat16"):
+        model.set_inference_precision(torch.float16)

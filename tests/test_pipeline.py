@@ -249,7 +249,7 @@ def test_a_model_file_without_a_trajectory_prunes_by_magnitude_but_not_by_dynami
 def test_the_command_line_prunes_stops_with_143_on_sigterm_and_continues(tmp_path, source_run, capsys, monkeypatch):
     out = tmp_path / "cli"
     argv = ["prune", "--from", str(source_run), "--out", str(out), "--stages", "2", "--epochs-per-stage", "1",
-            "--dry-run", "--no-progress", "--json"]
+            "--dry-run", "--no-progress", "--json", "--teacher-precision", "bfloat16", "--lr-schedule", "step"]
     TrainingSpy(monkeypatch, stop_in_stage="stage_1", stop_at_step=1)
     assert cli.main(argv) == 143
     assert "stopped" in capsys.readouterr().out
@@ -257,6 +257,8 @@ def test_the_command_line_prunes_stops_with_143_on_sigterm_and_continues(tmp_pat
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["hidden_sizes"] == [6, 5] and summary["out"] == str(out)
+    stage_config = json.loads((out / "stage_2" / "run.json").read_text())["train_config"]
+    assert stage_config["teacher_precision"] == "bfloat16" and stage_config["lr_schedule"] == "step"
     assert cli.main(["eval", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hidden_sizes"] == [6, 5]
     assert cli.main(["prune", "--from", str(source_run), "--out", str(tmp_path / "x"), "--plain-l2",

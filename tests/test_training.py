@@ -223,3 +223,16 @@ def test_fine_tuning_a_pruned_student_with_a_teacher_and_an_extra_loss(tmp_path,
     norm = lambda m: sum(p.norm() for p in m.rnns.parameters())  # noqa: E731
     assert norm(result.model) < norm(plain.model)
     assert load_model(tmp_path / "student")[0].config.hidden_sizes == [6, 10]
+
+
+def test_a_bfloat16_teacher_distils_almost_the_same_student(tmp_path, corpus):
+    teacher = train(tmp_path / "teacher", corpus).model
+    student = prune_units(teacher, {"rnns.0.l0": list(range(6))})
+    runs = {precision: train(tmp_path / precision, corpus, mconfig=None, initial_model=student, teacher=teacher,
+                             config=train_config(epochs=1, lr=0.05, teacher_precision=precision))
+            for precision in ("float32", "bfloat16")}
+    assert json.loads((tmp_path / "bfloat16" / "run.json").read_text())["train_config"]["teacher_precision"] == "bfloat16"
+    exact, rounded = (runs[p].best_val_loss for p in ("float32", "bfloat16"))
+    assert exact != rounded and abs(exact - rounded) < 1e-3 * exact
+    with pytest.raises(InvalidInputError, match="teacher_precision"):
+        train_config(teacher_precision="float16").validate()

@@ -24,7 +24,7 @@ SIGTERM_EXIT_STATUS = 143
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from analysis.pipeline import PipelineConfig
     from analysis.selection import CRITERIA
-    from analysis.training_config import LR_SCHEDULES
+    from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 
     defaults = PipelineConfig()
     parser.add_argument("--from", dest="source", required=True,
@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule,
                         help="cosine: each stage anneals the rate to 0 over its steps; step: the rate is multiplied "
                              f"by the source run's decay after each epoch (default {defaults.lr_schedule})")
+    parser.add_argument("--teacher-precision", choices=sorted(TEACHER_PRECISIONS), default=defaults.teacher_precision,
+                        help="precision of the teacher's output layer: bfloat16 is about 3x faster on CPUs with "
+                             f"bfloat16 units and changes the targets very little (default {defaults.teacher_precision})")
     parser.add_argument("--one-shot", action="store_true", help="a single cut to the target ratio (--stages 1)")
     parser.add_argument("--no-distillation", action="store_true", help="fine-tune on cross-entropy alone (no teacher)")
     parser.add_argument("--plain-l2", action="store_true", help="the same L2 strength for every unit (all s_k = 0)")
@@ -73,7 +76,8 @@ def config_from_args(args: argparse.Namespace):
     return PipelineConfig(ratio=args.ratio, stages=1 if args.one_shot else args.stages, criterion=args.criterion,
                           epochs_per_stage=args.epochs_per_stage, regularization=regularization, da_l2=args.da_l2,
                           distillation=not args.no_distillation, kd_alpha=args.kd_alpha, kd_tau=args.kd_tau,
-                          lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, dry_run=args.dry_run).validate()
+                          lr=args.lr, lr_schedule=args.lr_schedule,
+                          teacher_precision=args.teacher_precision, seed=args.seed, dry_run=args.dry_run).validate()
 
 
 def run(args: argparse.Namespace) -> int:
