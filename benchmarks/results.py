@@ -42,6 +42,11 @@ DEFAULT_SOURCES = {"synthetic": REPO / "sample_checkpoints" / "synthetic", "ptb"
 CORPUS_TITLES = {"ptb": "Penn Treebank (ptb-small: 2 x 200 LSTM)", "synthetic": "Synthetic language (synthetic-tiny: 2 x 64 LSTM)"}
 # Defaults of both tables; the strength of DA-L2 follows PipelineConfig's default unless --da-l2 is given.
 DEFAULT_EPOCHS_PER_STAGE = 2
+DEFAULT_LR_SCHEDULE = "cosine"  # dynaprune prune's default (PipelineConfig.lr_schedule)
+SCHEDULE_WORDS = {"cosine": "the rate annealed from half the source run's initial rate to 0 over each stage "
+                            "(`--lr-schedule cosine`)",
+                  "step": "the rate held at half the source run's initial rate, decayed after each epoch "
+                          "(`--lr-schedule step`)"}
 GOAL_IMPROVEMENT = 0.0062  # the claim: perplexity at least 0.62% better than the unpruned model
 
 
@@ -82,11 +87,16 @@ def row_dir(args, corpus: str, row: Row, seed: int) -> Path:
     return args.work_dir / corpus / f"{row.name}-seed{seed}"
 
 
-def row_command(row: Row, source: Path, out: Path, seed: int, args, epochs: int | None = None) -> list[str]:
-    """The `dynaprune prune` arguments of one row (epochs: per stage, default --epochs-per-stage)."""
+def row_command(row: Row, source: Path, out: Path, seed: int, args, epochs: int | None = None,
+                lr_schedule: str | None = None) -> list[str]:
+    """The `dynaprune prune` arguments of one row (epochs per stage and rate schedule: those given, else
+    --epochs-per-stage and --lr-schedule)."""
     criterion = "dynamics" if row.criterion == "none" else row.criterion  # nothing to choose at ratio 0
     command = ["prune", "--from", str(source), "--out", str(out), "--ratio", f"{row.ratio:g}", "--criterion",
                criterion, "--epochs-per-stage", str(epochs or args.epochs_per_stage), "--seed", str(seed)]
+    schedule = lr_schedule or args.lr_schedule
+    if schedule != DEFAULT_LR_SCHEDULE:
+        command += ["--lr-schedule", schedule]
     if args.da_l2 is not None and "--da-l2" not in row.flags:
         command += ["--da-l2", f"{args.da_l2:g}"]
     return command + list(row.flags) + (["--dry-run"] if args.quick else [])
@@ -158,7 +168,7 @@ def wait_any(running: dict[subprocess.Popen, str]) -> subprocess.Popen:
 
 def collect(corpus: str, source: Path, args) -> dict:
     """Finished results of one corpus: the baseline and, per row, the final events of each seed."""
-    baseline, rows, commands, epochs_seen = None, {}, {}, set()
+    baseline, rows, commands, epochs_seen, schedules_seen = None, {}, {}, set(), set()
     for row in rows_of(corpus):
         finals = []
         for seed in seeds_of(args, corpus, row):
@@ -170,25 +180,33 @@ def collect(corpus: str, source: Path, args) -> dict:
                 zero_shot = [e["zero_shot_val_ppl"] for e in events if e.get("event") == "stage_start"]
                 finals.append({**final, "wall_s": wall, "zero_shot": zero_shot})
                 baseline = baseline or next((e for e in events if e.get("event") == "baseline"), None)
-            epochs = run_epochs_per_stage(out)
+            epochs, schedule = run_settings(out)
             if epochs is not None:
                 epochs_seen.add(epochs)
-            commands.setdefault(row.name, []).append((row, out, seed, epochs))
+                schedules_seen.add(schedule)
+            commands.setdefault(row.name, []).append((row, out, seed, epochs, schedule))
         rows[row.name] = finals
     # a row not started yet is shown with the budget of the rows that were, where they agree
     default_epochs = next(iter(epochs_seen)) if len(epochs_seen) == 1 else None
-    commands = {name: [shown(row_command(row, source, out, seed, args, epochs or default_epochs))
-                       for row, out, seed, epochs in entries] for name, entries in commands.items()}
-    return {"baseline": baseline, "rows": rows, "commands": commands, "epochs": sorted(epochs_seen)}
+    default_schedule = next(iter(schedules_seen)) if len(schedules_seen) == 1 else None
+    commands = {name: [shown(row_command(row, source, out, seed, args, epochs or default_epochs,
+                                         schedule or default_schedule))
+                       for row, out, seed, epochs, schedule in entries] for name, entries in commands.items()}
+    return {"baseline": baseline, "rows": rows, "commands": commands, "epochs": sorted(epochs_seen),
+            "schedules": sorted(schedules_seen)}
 
 
-def run_epochs_per_stage(out: Path) -> int | None:
-    """The fine-tuning epochs per stage a run was started with (from its pipeline.json), if any."""
+def run_settings(out: Path) -> tuple[int | None, str | None]:
+    """The fine-tuning epochs per stage and rate schedule a run was started with (from its
+    pipeline.json; a run from before the schedule could be chosen used "step"), or Nones."""
     try:
-        value = json.loads((out / "pipeline.json").read_text(encoding="utf-8"))["config"]["epochs_per_stage"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, int) else None
+        config = json.loads((out / "pipeline.json").read_text(encoding="utf-8"))["config"]
+        epochs, schedule = config["epochs_per_stage"], config.get("lr_schedule", "step")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    if not isinstance(epochs, int) or not isinstance(schedule, str):
+        return None, None
+    return epochs, schedule
 
 
 def seeds_of(args, corpus: str, row: Row) -> list[int]:
@@ -215,7 +233,8 @@ def change(value: float | None, reference: float | None) -> str:
 def corpus_section(corpus: str, results: dict, args) -> list[str]:
     lines = [f"## {CORPUS_TITLES[corpus]}", ""]
     if results["epochs"]:
-        lines += [f"Fine-tuning: {' or '.join(map(str, results['epochs']))} epoch(s) per stage.", ""]
+        schedules = " or ".join(SCHEDULE_WORDS.get(name, name) for name in results["schedules"])
+        lines += [f"Fine-tuning: {' or '.join(map(str, results['epochs']))} epoch(s) per stage, {schedules}.", ""]
     baseline = results["baseline"]
     if baseline is None:
         lines += ["No finished runs yet. Run `python benchmarks/results.py --only " + corpus + "`"
@@ -354,12 +373,14 @@ NOTES = [
 ]
 
 
-def main() -> int:
+def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(DEFAULT_SOURCES), help="run one corpus (the document shows both)")
     parser.add_argument("--epochs-per-stage", type=int, default=DEFAULT_EPOCHS_PER_STAGE,
                         help=f"fine-tuning epochs per stage (default {DEFAULT_EPOCHS_PER_STAGE})")
     parser.add_argument("--da-l2", type=float, help="DA-L2 strength (default: dynaprune prune's)")
+    parser.add_argument("--lr-schedule", choices=sorted(SCHEDULE_WORDS), default=DEFAULT_LR_SCHEDULE,
+                        help=f"fine-tuning rate schedule of new runs (default {DEFAULT_LR_SCHEDULE})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run each row with (default 0)")
     parser.add_argument("--quick", action="store_true", help="dry-run rows, to check the whole table in a few minutes")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "results", help="where the runs live")
@@ -372,7 +393,11 @@ def main() -> int:
                         help="rewrite the document from the finished runs without running anything")
     parser.add_argument("--workers", type=int, default=1,
                         help="rows run at the same time (default 1; on two cores, 2 with --threads 1)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = main_parser().parse_args()
     if args.quick:
         args.work_dir = args.work_dir / "quick"
     args.work_dir = args.work_dir.resolve()
