@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from analysis.allocator import reuse_freed_memory
 from analysis.corpora import Corpus, batchify, get_batch
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
 from analysis.evaluation import evaluate, perplexity
@@ -120,8 +121,11 @@ def train_language_model(run_dir: str | Path, corpus: Corpus, model_config: Mode
     `extra_loss(context)` returns a term added to the loss (or None). `on_epoch_start(model, epoch)`
     runs before each epoch, e.g. to refresh importances; callbacks' own state is not checkpointed.
     After the last epoch the best model is scored on the test split (`evaluate_test`).
-    Raises TrainingInterrupted after SIGTERM, once the checkpoint is written.
+    Raises TrainingInterrupted after SIGTERM, once the checkpoint is written. On glibc systems it
+    first sets the process's malloc to keep freed memory (`analysis.allocator.reuse_freed_memory`):
+    the per-step (tokens x vocabulary) buffers then stop costing page faults.
     """
+    reuse_freed_memory()
     trainer = _Trainer(Path(run_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
                        torch.device(device), overwrite, log)
     with sigterm_requests_stop() as stop:  # SIGTERM: stop after the current batch, checkpoint written
