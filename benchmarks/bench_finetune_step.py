@@ -12,12 +12,15 @@ checkpoints written with fsync, the once-per-epoch importance measurement), whic
 on a shared machine than a step does. Each variant's step time is the median over the steps of a
 run; the variants alternate over several rounds and the median round's ratio is reported.
 The distillation step is timed twice: with the teacher's output layer in float32 (the default) and
-in bfloat16 (--teacher-precision bfloat16). Target: ratio <= 1.6.
+in bfloat16 (--teacher-precision bfloat16). Each line also gives the median minor page faults per
+step; --keep-default-malloc skips analysis.allocator's tuning to show what it saves. Target:
+ratio <= 1.6.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import analysis.allocator as allocator
 from analysis.corpora import Corpus, Vocabulary
 from analysis.lm import PRESETS, ModelConfig, RNNLanguageModel
 from analysis.regularization import DiscriminationAwareL2
@@ -34,6 +38,7 @@ from analysis.surgery import prune_units
 from analysis.training import TrainConfig, train_language_model
 
 VOCAB = 10_000
+REPO = Path(__file__).resolve().parents[1]
 FULL = "CE + distillation + DA-L2"
 FULL_BF16 = "CE + distillation (bfloat16 teacher) + DA-L2"
 
@@ -46,20 +51,22 @@ def random_corpus(n_train: int, seed: int = 0) -> Corpus:
 
 
 def step_seconds(run_dir: Path, corpus: Corpus, student, teacher, regularizer, teacher_precision: str,
-                 batches: int) -> float:
-    """Median seconds per training step of one run of `batches` steps (the first two left out as warm-up)."""
+                 batches: int) -> tuple[float, float]:
+    """Median seconds and minor page faults per training step of one run of `batches` steps (the
+    first two left out as warm-up)."""
     config = TrainConfig.from_preset("ptb-small", epochs=1, max_batches_per_epoch=batches, max_eval_batches=1,
                                      record_every=0, teacher_precision=teacher_precision)
-    stamps = []
+    stamps, faults = [], []
 
     def timed_loss(context):  # called once per batch, after the task loss and before backward
         stamps.append(time.perf_counter())
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         return None if regularizer is None else regularizer.loss(context)
 
     train_language_model(run_dir, corpus, None, config, initial_model=student, teacher=teacher, extra_loss=timed_loss,
                          on_epoch_start=None if regularizer is None else regularizer.on_epoch_start,
                          overwrite=True, progress=False, evaluate_test=False, log=None)
-    return median(np.diff(stamps[2:]))
+    return median(np.diff(stamps[2:])), median(np.diff(faults[2:]))
 
 
 def main() -> None:
@@ -67,7 +74,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steadier timings on a shared machine)")
+    parser.add_argument("--keep-default-malloc", action="store_true",
+                        help="skip analysis.allocator's tuning, to see what it saves (page faults per step)")
     args = parser.parse_args()
+    if args.keep_default_malloc:
+        allocator._applied = False  # as if tried and failed: train_language_model leaves malloc alone
     torch.set_num_threads(args.threads)
     batches = 12 if args.quick else 40
     rounds = 2 if args.quick else 5
@@ -85,22 +96,27 @@ def main() -> None:
                 FULL: (teacher, regularizer, "float32"),
                 FULL_BF16: (teacher, regularizer, "bfloat16")}
     steps = {name: [] for name in variants}
+    faults = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as work:
         for _ in range(rounds):
             for name, (with_teacher, with_penalty, precision) in variants.items():
-                steps[name].append(step_seconds(Path(work) / "run", corpus, student, with_teacher, with_penalty,
-                                                precision, batches))
+                seconds, step_faults = step_seconds(Path(work) / "run", corpus, student, with_teacher, with_penalty,
+                                                    precision, batches)
+                steps[name].append(seconds)
+                faults[name].append(step_faults)
     per_step = {name: median(values) for name, values in steps.items()}
     print(f"student hidden sizes {student.config.hidden_sizes} (teacher {teacher.config.hidden_sizes}), vocabulary "
           f"{VOCAB}, batch {config.batch_size} x bptt {config.bptt}, {torch.get_num_threads()} thread(s), "
           f"{rounds} alternating rounds of {batches} steps (medians)")
     for name, seconds in per_step.items():
         rounds_ms = " ".join(f"{value * 1000:.0f}" for value in steps[name])
-        print(f"  {name:48s} {seconds * 1000:8.1f} ms/step   (rounds: {rounds_ms})")
+        print(f"  {name:48s} {seconds * 1000:8.1f} ms/step   (rounds: {rounds_ms}); "
+              f"{median(faults[name]):.0f} page faults/step")
     parts = extra_parts(teacher, student, regularizer, corpus, config, repeats)
     print("  where the extra time goes (each part timed alone, per step):")
     for name, seconds in parts.items():
         print(f"    {name:36s} {seconds * 1000:8.1f} ms ({seconds / per_step['plain CE']:.2f} of a plain step)")
+    print(bfloat16_target_error())
     for name, teacher_part in ((FULL, "teacher forward"), (FULL_BF16, "teacher forward, bfloat16 decoder")):
         ratios = sorted(kd / plain for kd, plain in zip(steps[name], steps["plain CE"]))
         ratio = median(ratios)
@@ -108,6 +124,30 @@ def main() -> None:
         print(f"step ratio, {name}: {ratio:.3f}x, median of {rounds} rounds ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
               f"(target <= 1.6x) {'OK' if ratio <= 1.6 else 'ABOVE TARGET'}; its teacher's forward pass alone sets "
               f"a floor of {floor:.2f}x")
+
+
+def bfloat16_target_error(tokens: int = 8_000) -> str:
+    """How far the bfloat16 teacher's logits and soft targets softmax(z / 2) are from float32's, on
+    the ptb-small sample model and the start of PTB's validation split (needs DYNAPRUNE_PTB_DIR)."""
+    from analysis.corpora import batchify, load_corpus
+    from analysis.errors import DynapruneError
+    from analysis.lm import load_model
+
+    try:
+        model, _ = load_model(REPO / "sample_checkpoints" / "ptb-small")
+        corpus = load_corpus("ptb")
+    except DynapruneError as error:
+        return f"bfloat16 teacher error: not measured ({error})"
+    model.eval()
+    data = batchify(corpus.valid, 20)[: tokens // 20]
+    rounded = copy.deepcopy(model).set_inference_precision(torch.bfloat16)
+    with torch.no_grad():
+        exact, approximate = model(data)[0], rounded(data)[0]
+    p, q = torch.log_softmax(exact / 2, -1), torch.log_softmax(approximate / 2, -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return (f"bfloat16 teacher error on the ptb-small sample, {kl.numel()} PTB validation tokens: logits differ by at "
+            f"most {(exact - approximate).abs().max():.3g} (their std {exact.std():.3g}); KL between the soft targets "
+            f"at tau 2: mean {kl.mean():.2g}, max {kl.max():.2g} nats")
 
 
 def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, steps: int = 10) -> dict[str, float]:
