@@ -183,11 +183,14 @@ class RNNLanguageModel(nn.Module):
 
     def set_inference_precision(self, dtype: torch.dtype) -> "RNNLanguageModel":
         """Precision of the decoder product in forward passes that need no gradient: torch.float32
-        (the default: the weights' own dtype) or torch.bfloat16, for a frozen teacher. bfloat16 rounds h and [W | b] to 8
-        significant bits and the logits to bfloat16 (the sums are accumulated in float32); on CPUs
-        with bfloat16 units the product is about 3x faster, and on the ptb-small sample the
-        distillation targets softmax(z / 2) it gives differ from float32's by 1.1e-5 nats of KL
-        divergence on average (benchmarks/bench_finetune_step.py measures both). Training passes (with gradients) always use the weights' own dtype."""
+        (the default: the weights' own dtype) or torch.bfloat16, for a frozen teacher.
+
+        bfloat16 rounds h and [W | b] to 8 significant bits and the logits to bfloat16 (the sums
+        are accumulated in float32). On CPUs with bfloat16 units the product is about 3x faster,
+        and on the ptb-small sample the distillation targets softmax(z / 2) it gives differ from
+        float32's by 1.1e-5 nats of KL divergence on average (benchmarks/bench_finetune_step.py
+        measures both). Passes with gradients always use the weights' own dtype.
+        """
         if dtype not in (torch.float32, torch.bfloat16):
             raise InvalidInputError(f"inference precision must be torch.float32 or torch.bfloat16, got {dtype}")
         if dtype == torch.float32:  # the weights' own dtype

@@ -37,9 +37,9 @@ from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationA
 from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
 from analysis.stopping import sigterm_requests_stop
 from analysis.surgery import count_parameters, prune_units
-from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
                                steps_per_epoch, train_language_model)
+from analysis.training_config import LR_SCHEDULES, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS
 
 PIPELINE_FILE, FINAL_MODEL_FILE = "pipeline.json", PRUNED_MODEL_FILE
 PLAN_FILE, IMPORTANCE_FILE = "plan.json", "importances.json"
@@ -181,7 +181,8 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
     settings = base.to_dict()
     settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
                     lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
-                    decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule, seed=config.seed + stage,
+                    decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule,
+                    seed=config.seed + stage,
                     distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau,
                     teacher_precision=config.teacher_precision, record_every=1)
     if config.dry_run:
@@ -276,8 +277,7 @@ class _Pipeline:
         stored_path = self.out / PIPELINE_FILE
         if stored_path.is_file() and not overwrite:
             stored = read_json_object(stored_path, "the pruning run's description", _REMEDY)
-            # runs from before these settings existed used the per-epoch schedule and a float32 teacher
-            old_config = {"lr_schedule": "step", "teacher_precision": "float32", **(stored.get("config") or {})}
+            old_config = {**SETTINGS_OF_OLDER_RUNS, **(stored.get("config") or {})}
             new_config = self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
                            for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]

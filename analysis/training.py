@@ -37,7 +37,8 @@ from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNN
 from analysis.recorder import TrajectoryRecorder
 from analysis.regularization import distillation_loss
 from analysis.stopping import StopFlag, sigterm_requests_stop
-from analysis.training_config import OPTIMIZERS, TEACHER_PRECISIONS, TrainConfig, resolve_record_every, steps_per_epoch
+from analysis.training_config import (OPTIMIZERS, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS, TrainConfig,
+                                      resolve_record_every, steps_per_epoch)
 
 RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
 RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
@@ -210,8 +211,7 @@ class _Trainer:
     def _check_resumable(self, stored: dict) -> None:
         differences = [key for key in ("model_config", "data_fingerprint", "vocab_size", "initial_model_sha256",
                                        "teacher_sha256") if stored.get(key) != self.run_info[key]]
-        # runs from before these settings existed used the per-epoch schedule and a float32 teacher
-        old, new = {"lr_schedule": "step", "teacher_precision": "float32", **stored.get("train_config", {})}, self.run_info["train_config"]
+        old, new = {**SETTINGS_OF_OLDER_RUNS, **stored.get("train_config", {})}, self.run_info["train_config"]
         differences += [f"train_config.{key}" for key in sorted(set(old) | set(new))
                         if key not in _RESUME_FREE_FIELDS and old.get(key) != new.get(key)]
         if differences:

@@ -17,6 +17,8 @@ TARGET_SNAPSHOTS = 40
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 LR_SCHEDULES = ("step", "cosine")
 TEACHER_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# what runs stored before these settings existed used: resuming them compares against these
+SETTINGS_OF_OLDER_RUNS = {"lr_schedule": "step", "teacher_precision": "float32"}
 
 
 @dataclass
