@@ -283,7 +283,8 @@ def pipeline_defaults() -> dict:
     """Default options of the pruning pipeline (`dynaprune prune`), from its configuration."""
     defaults = PipelineConfig()
     return {"stages": defaults.stages, "epochs_per_stage": defaults.epochs_per_stage, "da_l2": defaults.da_l2,
-            "kd_alpha": defaults.kd_alpha, "kd_tau": defaults.kd_tau}
+            "kd_alpha": defaults.kd_alpha, "kd_tau": defaults.kd_tau, "lr_schedule": defaults.lr_schedule,
+            "teacher_precision": defaults.teacher_precision}
 
 
 def argument_of(args: list[str], flag: str, default: str) -> str:

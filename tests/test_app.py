@@ -98,8 +98,8 @@ WIDGETS = {
     "views/trajectories.py": ["traj_layer", "traj_units", "traj_dims", "traj_snapshot", "traj_which"],
     "views/dynamics.py": ["dyn_layer", "dyn_order", "dyn_horizon", "dyn_clusters", "dyn_unit", "dyn_neighbours"],
     "views/prune.py": ["prune_ratio_slider", "prune_criterion_select", "prune_per_layer", "prune_layer"],
-    "views/finetune.py": ["ft_ratio", "ft_criterion", "ft_stages", "ft_epochs", "ft_da_l2", "ft_kd_alpha",
-                          "ft_kd_tau", "ft_name"],
+    "views/finetune.py": ["ft_ratio", "ft_criterion", "ft_stages", "ft_epochs", "ft_da_l2", "ft_lr_schedule",
+                          "ft_kd_alpha", "ft_kd_tau", "ft_teacher_precision", "ft_name"],
     "views/compare.py": [],
     "views/learn.py": ["learn_ratio", "learn_stages"],
 }
@@ -178,6 +178,8 @@ def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
     app.number_input(key="ft_epochs").set_value(1)
     app.checkbox(key="ft_dry_run").check()
     app.radio(key="ft_regularization").set_value("plain L2")
+    app.radio(key="ft_lr_schedule").set_value("step")
+    app.selectbox(key="ft_teacher_precision").set_value("bfloat16")
     submit = next(b for b in app.button if "Start" in b.label)
     submit.click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
@@ -188,6 +190,8 @@ def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
         assert job.args[0] == "prune" and job.out_dir == str(env / "runs" / "from-the-test")
         assert job.args[job.args.index("--epochs-per-stage") + 1] == "1"
         assert "--dry-run" in job.args and "--plain-l2" in job.args and "--one-shot" not in job.args
+        assert job.args[job.args.index("--lr-schedule") + 1] == "step"
+        assert job.args[job.args.index("--teacher-precision") + 1] == "bfloat16"
         assert job.args[job.args.index("--from") + 1] == str(samples / "synthetic")
         assert any(job.id in message.value for message in app.success)
         assert job.id in set(app.dataframe[0].value["job"])

@@ -13,6 +13,7 @@ from analysis import jobs
 from analysis.errors import DynapruneError
 from analysis.exploration import pipeline_curve, reference_lines
 from analysis.selection import CRITERIA
+from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from app import common
 
 POLL_SECONDS = 2.0
@@ -34,8 +35,10 @@ else:
                f"{model.config.hidden_sizes}). Results go to `{common.runs_dir()}`.")
     with st.form("finetune_form"):
         left, middle, right = st.columns(3)
-        ratio = left.slider("Target pruning ratio", 0.05, 0.9, float(st.session_state.get(common.RATIO_KEY, 0.5)),
-                            0.05, key="ft_ratio")
+        ratio = left.slider("Target pruning ratio", 0.0, 0.9, float(st.session_state.get(common.RATIO_KEY, 0.5)),
+                            0.05, key="ft_ratio",
+                            help="0 prunes nothing and fine-tunes the same way: a control, to tell what the "
+                                 "fine-tuning alone does from what the pruning does.")
         names = list(CRITERIA)
         criterion = left.selectbox("Criterion", names, index=names.index(st.session_state.get(common.CRITERION_KEY,
                                                                                                "dynamics")),
@@ -48,9 +51,20 @@ else:
                                       key="ft_regularization")
         da_l2 = middle.number_input("L2 strength λ", 0.0, 10.0, float(defaults["da_l2"]), format="%.6f",
                                     key="ft_da_l2")
+        schedules = list(LR_SCHEDULES)
+        lr_schedule = middle.radio("Learning-rate schedule", schedules, index=schedules.index(defaults["lr_schedule"]),
+                                   key="ft_lr_schedule", horizontal=True,
+                                   help="cosine: each stage anneals the rate to 0. step: the rate is held through a "
+                                        "stage's first epoch and decayed after each later one.")
         distillation = right.checkbox("Distillation from the previous stage", value=True, key="ft_distillation")
         kd_alpha = right.slider("Distillation weight α", 0.0, 1.0, float(defaults["kd_alpha"]), 0.05, key="ft_kd_alpha")
         kd_tau = right.number_input("Temperature τ", 0.1, 20.0, float(defaults["kd_tau"]), key="ft_kd_tau")
+        precisions = sorted(TEACHER_PRECISIONS)
+        teacher_precision = right.selectbox("Teacher's output layer", precisions,
+                                            index=precisions.index(defaults["teacher_precision"]),
+                                            key="ft_teacher_precision",
+                                            help="bfloat16 is faster on CPUs with bfloat16 units and changes the "
+                                                 "teacher's targets very little.")
         stamp = st.session_state.setdefault("ft_stamp", datetime.now().strftime("%Y%m%d-%H%M%S"))
         name = right.text_input("Output folder name", f"prune-{source.name}-{stamp}", key="ft_name",
                                 help="Created inside the runs folder.")
@@ -64,7 +78,8 @@ else:
         else:
             args = ["prune", "--from", str(source), "--out", str(target), "--ratio", f"{ratio:g}",
                     "--stages", str(int(stages)), "--criterion", criterion, "--epochs-per-stage", str(int(epochs)),
-                    "--da-l2", f"{da_l2:g}", "--kd-alpha", f"{kd_alpha:g}", "--kd-tau", f"{kd_tau:g}", "--no-progress"]
+                    "--da-l2", f"{da_l2:g}", "--kd-alpha", f"{kd_alpha:g}", "--kd-tau", f"{kd_tau:g}",
+                    "--lr-schedule", lr_schedule, "--teacher-precision", teacher_precision, "--no-progress"]
             args += ["--one-shot"] if one_shot else []
             args += ["--dry-run"] if dry_run else []
             args += [] if distillation else ["--no-distillation"]
