@@ -155,3 +155,8 @@ frame = pd.DataFrame({"stage": [str(s) for s in range(1, stages + 1)], "ratio af
 figure = px.bar(frame, x="stage", y=f"units left in {layer}", hover_data=["ratio after stage"])
 st.plotly_chart(figure_layout(figure).update_xaxes(type="category"), key="learn_schedule")
 st.caption(f"Reaching r = {ratio:.1f} in {stages} stages: ratios " + ", ".join(f"{r:.2f}" for r in schedule) + ".")
+st.write("Each stage's fine-tuning starts at a high learning rate (half the original training's initial rate) and "
+         "anneals it to 0 along a cosine, so every stage ends as settled as the original model did. Extra training "
+         "can improve a model by itself: to tell what the pruning costs from what the fine-tuning gains, run a "
+         "control, ratio 0 on the Fine-tune page, which prunes nothing and fine-tunes the same way "
+         "(docs/results.md compares both on Penn Treebank).")
