@@ -197,6 +197,18 @@ def test_resuming_with_other_settings_is_refused(tmp_path, corpus):
     assert not fresh.resumed and fresh.metrics[0]["lr"] == 0.5
 
 
+def test_a_run_stored_before_the_schedule_and_precision_settings_resumes_with_their_old_values(tmp_path, corpus):
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "run", corpus, extra_loss=StopAt(2, "sigterm"))
+    description = json.loads((tmp_path / "run" / "run.json").read_text())
+    for name in ("lr_schedule", "teacher_precision"):
+        del description["train_config"][name]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(description))
+    with pytest.raises(CheckpointError, match="train_config.lr_schedule"):
+        train(tmp_path / "run", corpus, config=train_config(lr_schedule="cosine"))
+    assert train(tmp_path / "run", corpus).resumed  # the defaults are the values those runs used
+
+
 def test_finished_run_is_not_trained_again(tmp_path, corpus):
     first = train(tmp_path / "run", corpus)
     again = train(tmp_path / "run", corpus)
