@@ -303,9 +303,7 @@ class _Trainer:
 
     def _set_lr(self) -> float:
         """Set the rate of the next optimiser step (the schedule's value at the current step) and return it."""
-        config = self.config
-        lr = (config.lr_at_epoch(self.progress.epoch) if config.lr_schedule == "step"
-              else config.lr_at_step(self.progress.step, self.n_batches))
+        lr = self.config.lr_at_step(self.progress.step, self.n_batches)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
