@@ -11,24 +11,24 @@ Names are imported on first use, so `import analysis` (and the job supervisor) s
 import importlib
 
 _PUBLIC = {
-    "dynamics_distances": "analysis.distances",
+    "dynamics_distances": "analysis.dynamics.distances",
     "CheckpointError": "analysis.errors",
     "DynapruneError": "analysis.errors",
     "InvalidInputError": "analysis.errors",
     "NoRecurrentLayerError": "analysis.errors",
     "UnsafeCheckpointError": "analysis.errors",
-    "LDSFit": "analysis.lds",
-    "fit_layer": "analysis.lds",
-    "fit_lds": "analysis.lds",
-    "TrajectoryRecorder": "analysis.recorder",
-    "PipelineConfig": "analysis.pipeline",
-    "run_pruning_pipeline": "analysis.pipeline",
-    "CRITERIA": "analysis.selection",
-    "PruningPlan": "analysis.selection",
-    "select_units": "analysis.selection",
-    "prune_units": "analysis.surgery",
-    "Trajectory": "analysis.trajectory",
-    "load_trajectory": "analysis.trajectory",
+    "LDSFit": "analysis.dynamics.lds",
+    "fit_layer": "analysis.dynamics.lds",
+    "fit_lds": "analysis.dynamics.lds",
+    "TrajectoryRecorder": "analysis.trajectories.recorder",
+    "PipelineConfig": "analysis.pruning.pipeline",
+    "run_pruning_pipeline": "analysis.pruning.pipeline",
+    "CRITERIA": "analysis.dynamics.selection",
+    "PruningPlan": "analysis.dynamics.selection",
+    "select_units": "analysis.dynamics.selection",
+    "prune_units": "analysis.pruning.surgery",
+    "Trajectory": "analysis.trajectories.trajectory",
+    "load_trajectory": "analysis.trajectories.trajectory",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -24,8 +24,8 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
 from analysis.errors import InvalidInputError
-from analysis.fileio import read_json_lines
-from analysis.lds import LDSFit
+from analysis.utils.fileio import read_json_lines
+from analysis.dynamics.lds import LDSFit
 
 # PyTorch's gate order per layer kind (METHOD section 2).
 GATE_NAMES = {"LSTM": ("input (i)", "forget (f)", "cell (g)", "output (o)"),

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.checkpoints import extract_checkpoint_archive
-from analysis.distances import dynamics_distances
+from analysis.trajectories.checkpoints import extract_checkpoint_archive
+from analysis.dynamics.distances import dynamics_distances
 from analysis.errors import DynapruneError
 from analysis.exploration import find_runs, heatmap_order, mds_embedding, run_kind
-from analysis.fileio import atomic_write_bytes
-from analysis.lds import DEFAULT_ORDER, fit_layer
-from analysis.lm import load_model, resolve_model_path
-from analysis.pipeline import PipelineConfig
-from analysis.pruning_preview import limit_threads, load_validation_tokens, unit_importance
-from analysis.selection import select_units
-from analysis.trajectory import MANIFEST_NAME, load_trajectory
+from analysis.utils.fileio import atomic_write_bytes
+from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
+from analysis.lm.model import load_model, resolve_model_path
+from analysis.pruning.pipeline import PipelineConfig
+from analysis.pruning.preview import limit_threads, load_validation_tokens, unit_importance
+from analysis.dynamics.selection import select_units
+from analysis.trajectories.trajectory import MANIFEST_NAME, load_trajectory
 from analysis.uploads import remove_stale_uploads, uploads_root
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]

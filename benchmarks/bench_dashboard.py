@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.distances import dynamics_distances
+from analysis.dynamics.distances import dynamics_distances
 from analysis.errors import DynapruneError
 from analysis.exploration import group_by_labels, heatmap_order, heatmap_view, unit_status
-from analysis.lds import fit_layer
-from analysis.lm import ModelConfig, load_model
-from analysis.pruning_preview import (limit_threads, load_validation_tokens, plan_footprint, unit_importance,
+from analysis.dynamics.lds import fit_layer
+from analysis.lm.model import ModelConfig, load_model
+from analysis.pruning.preview import (limit_threads, load_validation_tokens, plan_footprint, unit_importance,
                                       zero_shot_perplexity)
-from analysis.selection import select_units
-from analysis.trajectory import load_trajectory
+from analysis.dynamics.selection import select_units
+from analysis.trajectories.trajectory import load_trajectory
 
 SELECTION_TARGET_S = 0.2
 PERPLEXITY_TARGET_S = 2.0

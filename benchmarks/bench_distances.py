@@ -18,8 +18,8 @@ import numpy as np
 from scipy.linalg import subspace_angles
 from threadpoolctl import threadpool_limits
 
-from analysis.distances import COS2_FLOOR, dynamics_distances, observability_matrix
-from analysis.lds import fit_lds
+from analysis.dynamics.distances import COS2_FLOOR, dynamics_distances, observability_matrix
+from analysis.dynamics.lds import fit_lds
 
 
 def synthetic_unit_vectors(T: int, H: int, d: int, seed: int) -> np.ndarray:

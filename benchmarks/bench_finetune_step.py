@@ -5,7 +5,7 @@ cross-entropy step of the same pruned student.
 
 The student is a ptb-small model (2 x 200 LSTM, vocabulary 10,000) pruned to 50% (2 x 100 units);
 the teacher is the unpruned model. Tokens are random (the cost does not depend on them). Both
-variants run through the real training loop (analysis.training.train_language_model). A step is
+variants run through the real training loop (analysis.lm.training.train_language_model). A step is
 timed from one batch's loss callback to the next, so it holds everything a step does (forward
 passes, loss, backward, clipping, the optimiser) and none of a run's fixed costs (validation,
 checkpoints written with fsync, the once-per-epoch importance measurement), which vary far more
@@ -13,7 +13,7 @@ on a shared machine than a step does. Each variant's step time is the median ove
 run; the variants alternate over several rounds and the median round's ratio is reported.
 The distillation step is timed twice: with the teacher's output layer in float32 (the default) and
 in bfloat16 (--teacher-precision bfloat16). Each line also gives the median minor page faults per
-step; --keep-default-malloc skips analysis.allocator's tuning to show what it saves. Target:
+step; --keep-default-malloc skips analysis.utils.allocator's tuning to show what it saves. Target:
 ratio <= 1.6.
 """
 from __future__ import annotations
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import analysis.allocator as allocator
-from analysis.corpora import Corpus, Vocabulary
-from analysis.lm import PRESETS, ModelConfig, RNNLanguageModel
-from analysis.regularization import DiscriminationAwareL2
-from analysis.surgery import prune_units
-from analysis.training import TrainConfig, train_language_model
+import analysis.utils.allocator as allocator
+from analysis.lm.corpora import Corpus, Vocabulary
+from analysis.lm.model import PRESETS, ModelConfig, RNNLanguageModel
+from analysis.pruning.regularization import DiscriminationAwareL2
+from analysis.pruning.surgery import prune_units
+from analysis.lm.training import TrainConfig, train_language_model
 
 VOCAB = 10_000
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steadier timings on a shared machine)")
     parser.add_argument("--keep-default-malloc", action="store_true",
-                        help="skip analysis.allocator's tuning, to see what it saves (page faults per step)")
+                        help="skip analysis.utils.allocator's tuning, to see what it saves (page faults per step)")
     args = parser.parse_args()
     if args.keep_default_malloc:
         allocator._applied = False  # as if tried and failed: train_language_model leaves malloc alone
@@ -129,9 +129,9 @@ def main() -> None:
 def bfloat16_target_error(tokens: int = 8_000) -> str:
     """How far the bfloat16 teacher's logits and soft targets softmax(z / 2) are from float32's, on
     the ptb-small sample model and the start of PTB's validation split (needs DYNAPRUNE_PTB_DIR)."""
-    from analysis.corpora import batchify, load_corpus
+    from analysis.lm.corpora import batchify, load_corpus
     from analysis.errors import DynapruneError
-    from analysis.lm import load_model
+    from analysis.lm.model import load_model
 
     try:
         model, _ = load_model(REPO / "sample_checkpoints" / "ptb-small")
@@ -152,8 +152,8 @@ def bfloat16_target_error(tokens: int = 8_000) -> str:
 
 def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, steps: int = 10) -> dict[str, float]:
     """Seconds per step of each addition to a plain step: teacher forward, distillation term, penalty."""
-    from analysis.corpora import batchify, get_batch
-    from analysis.regularization import distillation_kl, distillation_loss
+    from analysis.lm.corpora import batchify, get_batch
+    from analysis.pruning.regularization import distillation_kl, distillation_loss
 
     inputs, _ = get_batch(batchify(corpus.train, config.batch_size), 0, config.bptt)
     teacher = teacher.eval()

@@ -67,9 +67,9 @@ def write_synthetic_trajectory(directory: Path, H: int, D: int, T: int, seed: in
 
 
 def measure(directory: Path, order: int) -> dict:
-    from analysis.distances import dynamics_distances
-    from analysis.lds import fit_layer
-    from analysis.trajectory import load_trajectory
+    from analysis.dynamics.distances import dynamics_distances
+    from analysis.dynamics.lds import fit_layer
+    from analysis.trajectories.trajectory import load_trajectory
 
     start = time.perf_counter()
     trajectory = load_trajectory(directory)

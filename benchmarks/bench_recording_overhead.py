@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from analysis.corpora import load_corpus
-from analysis.lm import PRESETS, ModelConfig
-from analysis.trajectory import load_trajectory
-from analysis.training import TrainConfig, resolve_record_every, train_language_model
+from analysis.lm.corpora import load_corpus
+from analysis.lm.model import PRESETS, ModelConfig
+from analysis.trajectories.trajectory import load_trajectory
+from analysis.lm.training import TrainConfig, resolve_record_every, train_language_model
 
 
 def timed_run(run_dir: Path, corpus, model_config: ModelConfig, config: TrainConfig) -> float:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from analysis.lm import PRESETS, ModelConfig, RNNLanguageModel
-from analysis.surgery import count_parameters, prune_units
+from analysis.lm.model import PRESETS, ModelConfig, RNNLanguageModel
+from analysis.pruning.surgery import count_parameters, prune_units
 
 VOCAB_SIZE = 10_000
 PRUNE_FRACTION = 0.5

@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.corpora import load_corpus  # noqa: E402
-from analysis.fileio import atomic_write_text, read_json_lines  # noqa: E402
-from analysis.lm import PRESETS, ModelConfig  # noqa: E402
-from analysis.trajectory import load_trajectory  # noqa: E402
-from analysis.training import TrainConfig, steps_per_epoch, train_language_model  # noqa: E402
+from analysis.lm.corpora import load_corpus  # noqa: E402
+from analysis.utils.fileio import atomic_write_text, read_json_lines  # noqa: E402
+from analysis.lm.model import PRESETS, ModelConfig  # noqa: E402
+from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
+from analysis.lm.training import TrainConfig, steps_per_epoch, train_language_model  # noqa: E402
 
 # Snapshot counts keep both samples together under SIZE_BUDGET_MB: ptb-small's best.pt is about
 # 18.6 MB and each float16 snapshot of its recurrent weights about 1.3 MB.
@@ -147,8 +147,8 @@ def write_readme(out_dir: Path) -> None:
         "    python benchmarks/make_samples.py            # DYNAPRUNE_PTB_DIR must point at Penn Treebank", "",
         "which trains each model (resumably, in runs/samples/) and copies in its files. Every directory holds",
         "`best.pt` (the best model by validation loss with its vocabulary; loads with",
-        "`torch.load(path, weights_only=True)` or `analysis.lm.load_model`), `trajectory/` (snapshots",
-        "recorded while training; `analysis.trajectory.load_trajectory`), `metrics.jsonl` (per-epoch",
+        "`torch.load(path, weights_only=True)` or `analysis.lm.model.load_model`), `trajectory/` (snapshots",
+        "recorded while training; `analysis.trajectories.trajectory.load_trajectory`), `metrics.jsonl` (per-epoch",
         "perplexities) and `run.json` (the settings). No corpus text is included: the synthetic corpus is",
         "regenerated from its seed, and Penn Treebank comes from DYNAPRUNE_PTB_DIR.", "",
         "    dynaprune eval sample_checkpoints/synthetic --split test", "",

@@ -36,7 +36,7 @@ from statistics import mean
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.fileio import atomic_write_text, read_json_lines  # noqa: E402
+from analysis.utils.fileio import atomic_write_text, read_json_lines  # noqa: E402
 
 DEFAULT_SOURCES = {"synthetic": REPO / "sample_checkpoints" / "synthetic", "ptb": REPO / "sample_checkpoints" / "ptb-small"}
 CORPUS_TITLES = {"ptb": "Penn Treebank (ptb-small: 2 x 200 LSTM)", "synthetic": "Synthetic language (synthetic-tiny: 2 x 64 LSTM)"}

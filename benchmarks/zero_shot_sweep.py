@@ -23,10 +23,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.corpora import load_corpus  # noqa: E402
-from analysis.evaluation import evaluate  # noqa: E402
-from analysis.pipeline import PipelineConfig, choose_units, resolve_source  # noqa: E402
-from analysis.surgery import prune_units  # noqa: E402
+from analysis.lm.corpora import load_corpus  # noqa: E402
+from analysis.lm.evaluation import evaluate  # noqa: E402
+from analysis.pruning.pipeline import PipelineConfig, choose_units, resolve_source  # noqa: E402
+from analysis.pruning.surgery import prune_units  # noqa: E402
 
 
 def zero_shot_ppl(source, corpus, config: PipelineConfig) -> float:

@@ -17,11 +17,11 @@ DISTILLATION_STEPS = """
 import json, resource, sys, tempfile
 from pathlib import Path
 import numpy as np, torch
-import analysis.allocator as allocator
-from analysis.corpora import Corpus, Vocabulary
-from analysis.lm import ModelConfig, RNNLanguageModel
-from analysis.surgery import prune_units
-from analysis.training import TrainConfig, train_language_model
+import analysis.utils.allocator as allocator
+from analysis.lm.corpora import Corpus, Vocabulary
+from analysis.lm.model import ModelConfig, RNNLanguageModel
+from analysis.pruning.surgery import prune_units
+from analysis.lm.training import TrainConfig, train_language_model
 
 if sys.argv[1] == "untuned":
     allocator._applied = False  # as if it had been tried and had failed: malloc keeps its defaults
@@ -61,7 +61,7 @@ def test_distillation_steps_reuse_freed_memory_instead_of_faulting_it_in_again()
 
 
 def test_it_is_a_no_op_that_says_so_where_malloc_is_not_glibc(monkeypatch):
-    import analysis.allocator as allocator
+    import analysis.utils.allocator as allocator
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(platform, "libc_ver", lambda *args, **kwargs: ("musl", "1.2"))
     assert allocator.reuse_freed_memory() is False

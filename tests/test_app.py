@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_limits
 
 from analysis import jobs
 from analysis.errors import InvalidInputError
-from analysis.lm import ModelConfig, RNNLanguageModel, save_model
-from analysis.recorder import TrajectoryRecorder
+from analysis.lm.model import ModelConfig, RNNLanguageModel, save_model
+from analysis.trajectories.recorder import TrajectoryRecorder
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -34,8 +34,8 @@ TINY_DATA = "synthetic:0:train=6000,valid=1500,test=500,states=8,words=60"
 
 
 def build_tiny_sample(run_dir: Path) -> None:
-    from analysis.corpora import load_corpus
-    from analysis.training import TrainConfig, train_language_model
+    from analysis.lm.corpora import load_corpus
+    from analysis.lm.training import TrainConfig, train_language_model
 
     corpus = load_corpus(TINY_DATA)
     config = ModelConfig(vocab_size=len(corpus.vocab), embedding_size=8, hidden_sizes=[12, 10])

@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from analysis.checkpoints import (
+from analysis.trajectories.checkpoints import (
     extract_checkpoint_archive,
     find_recurrent_layers,
     load_state_dict,
     read_safetensors_shapes,
 )
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
-from analysis.trajectory import load_trajectory
+from analysis.trajectories.trajectory import load_trajectory
 
 
 class MarkerPayload:

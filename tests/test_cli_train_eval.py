@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from analysis.cli import main
-from analysis.trajectory import load_trajectory
+from analysis.trajectories.trajectory import load_trajectory
 
 SMALL_CORPUS = "synthetic:0:train=4000,valid=800,test=800,words=40,states=6"
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for analysis.corpora: vocabulary, batching, text directories, PTB, corpus specs."""
+"""Tests for analysis.lm.corpora: vocabulary, batching, text directories, PTB, corpus specs."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.corpora import (EOS, UNK, Corpus, Vocabulary, batchify, get_batch, load_corpus, load_text_dir,
+from analysis.lm.corpora import (EOS, UNK, Corpus, Vocabulary, batchify, get_batch, load_corpus, load_text_dir,
                               unigram_perplexity)
 from analysis.errors import InvalidInputError
 

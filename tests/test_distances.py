@@ -5,11 +5,11 @@ import pytest
 from scipy.linalg import subspace_angles
 from sklearn.metrics import adjusted_rand_score
 
-from analysis.distances import (COS2_FLOOR, STABILISED_RADIUS, dynamics_distances, observability_matrix,
+from analysis.dynamics.distances import (COS2_FLOOR, STABILISED_RADIUS, dynamics_distances, observability_matrix,
                                 reference_distance)
 from analysis.errors import InvalidInputError
-from analysis.lds import LDSFit, fit_lds
-from analysis.selection import cluster_units
+from analysis.dynamics.lds import LDSFit, fit_lds
+from analysis.dynamics.selection import cluster_units
 from tests.lds_families import lds_family_trajectories, random_stable_transition
 
 

@@ -1,4 +1,4 @@
-"""Tests for analysis.download against a local HTTP server; the internet is never contacted."""
+"""Tests for analysis.lm.download against a local HTTP server; the internet is never contacted."""
 from __future__ import annotations
 
 import functools
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import analysis.download as download
-from analysis.corpora import load_corpus
-from analysis.download import (ChecksumMismatchError, DownloadError, download_ptb, download_verified,
+import analysis.lm.download as download
+from analysis.lm.corpora import load_corpus
+from analysis.lm.download import (ChecksumMismatchError, DownloadError, download_ptb, download_verified,
                                ptb_files_verified)
 from analysis.errors import DynapruneError, InvalidInputError
 

@@ -13,11 +13,11 @@ from analysis.exploration import (PCAPaths, downsample_matrix, find_runs, fit_qu
                                   pca_paths, pipeline_curve, pipeline_table, positions_in_order, read_run_metrics,
                                   reference_lines, run_kind, training_curve, transition_eigenvalues, unit_circle,
                                   unit_norm_paths, unit_status)
-from analysis.lds import LDSFit, fit_lds
-from analysis.lm import ModelConfig, RNNLanguageModel
-from analysis.recorder import TrajectoryRecorder
-from analysis.selection import cluster_units
-from analysis.trajectory import load_trajectory
+from analysis.dynamics.lds import LDSFit, fit_lds
+from analysis.lm.model import ModelConfig, RNNLanguageModel
+from analysis.trajectories.recorder import TrajectoryRecorder
+from analysis.dynamics.selection import cluster_units
+from analysis.trajectories.trajectory import load_trajectory
 
 
 @pytest.fixture(scope="module")

@@ -299,7 +299,7 @@ def test_train_job_killed_mid_epoch_is_lost_then_resumes_to_the_uninterrupted_re
     assert jobs.read_log(job.id).count("started: dynaprune train") == 2  # one log, appended
 
     assert reference.wait(timeout=WAIT_S * 2) == 0
-    from analysis.fileio import read_json_lines
+    from analysis.utils.fileio import read_json_lines
 
     def final_val_ppl(records):
         return [r["val_ppl"] for r in records if r.get("event") == "epoch" and r.get("epoch") == epochs][-1]

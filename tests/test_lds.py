@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from analysis.errors import InvalidInputError
-from analysis.lds import LDSFit, fit_lds, spectral_radius
+from analysis.dynamics.lds import LDSFit, fit_lds, spectral_radius
 from tests.lds_families import lds_family_trajectories
 
 

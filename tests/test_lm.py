@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from analysis.errors import CheckpointError, InvalidInputError, UnsafeCheckpointError
-from analysis.lm import PRESETS, ModelConfig, RNNLanguageModel, load_model, save_model
-from analysis.training import TrainConfig
+from analysis.lm.model import PRESETS, ModelConfig, RNNLanguageModel, load_model, save_model
+from analysis.lm.training import TrainConfig
 
 VOCAB = {"itos": [f"w{i}" for i in range(11)]}
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import analysis.pipeline as pipeline
-import analysis.regularization as regularization
+import analysis.pruning.pipeline as pipeline
+import analysis.pruning.regularization as regularization
 from analysis import cli
-from analysis.corpora import load_corpus
+from analysis.lm.corpora import load_corpus
 from analysis.errors import CheckpointError, InvalidInputError
-from analysis.evaluation import evaluate
-from analysis.lm import ModelConfig, load_model
-from analysis.pipeline import PipelineConfig, PipelineInterrupted, run_pruning_pipeline
-from analysis.surgery import count_parameters
-from analysis.training import TrainConfig, train_language_model
+from analysis.lm.evaluation import evaluate
+from analysis.lm.model import ModelConfig, load_model
+from analysis.pruning.pipeline import PipelineConfig, PipelineInterrupted, run_pruning_pipeline
+from analysis.pruning.surgery import count_parameters
+from analysis.lm.training import TrainConfig, train_language_model
 
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 SOURCE_SIZES = [12, 10]

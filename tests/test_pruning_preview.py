@@ -1,4 +1,4 @@
-"""Tests of analysis.pruning_preview: sizes, zero-shot perplexity and its curve for a pruning plan."""
+"""Tests of analysis.pruning.preview: sizes, zero-shot perplexity and its curve for a pruning plan."""
 import math
 
 import numpy as np
@@ -6,15 +6,15 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from analysis.corpora import load_synthetic
+from analysis.lm.corpora import load_synthetic
 from analysis.errors import InvalidInputError
-from analysis.lm import ModelConfig, RNNLanguageModel
-from analysis.pruning_preview import (count_parameters_for, limit_threads, load_validation_tokens, model_perplexity,
+from analysis.lm.model import ModelConfig, RNNLanguageModel
+from analysis.pruning.preview import (count_parameters_for, limit_threads, load_validation_tokens, model_perplexity,
                                       plan_footprint, unit_importance, zero_shot_curve, zero_shot_perplexity)
-from analysis.recorder import TrajectoryRecorder
-from analysis.selection import select_units
-from analysis.surgery import count_parameters, prune_units
-from analysis.trajectory import load_trajectory
+from analysis.trajectories.recorder import TrajectoryRecorder
+from analysis.dynamics.selection import select_units
+from analysis.pruning.surgery import count_parameters, prune_units
+from analysis.trajectories.trajectory import load_trajectory
 
 
 

@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-import analysis.recorder as recorder_module
+import analysis.trajectories.recorder as recorder_module
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError
-from analysis.recorder import TrajectoryRecorder
-from analysis.trajectory import extract_checkpoint_archive, load_trajectory
+from analysis.trajectories.recorder import TrajectoryRecorder
+from analysis.trajectories.trajectory import extract_checkpoint_archive, load_trajectory
 
 
 class LanguageModel(nn.Module):

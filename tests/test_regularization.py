@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import analysis.regularization as regularization
-from analysis.corpora import load_corpus
+import analysis.pruning.regularization as regularization
+from analysis.lm.corpora import load_corpus
 from analysis.errors import InvalidInputError
-from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
-from analysis.regularization import (LOSS_CHUNK_ROWS, DiscriminationAwareL2, da_l2_penalty, distillation_kl,
+from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
+from analysis.pruning.regularization import (LOSS_CHUNK_ROWS, DiscriminationAwareL2, da_l2_penalty, distillation_kl,
                                      distillation_loss, unit_importances, unit_penalty_coefficients)
-from analysis.training import TrainConfig, train_language_model
+from analysis.lm.training import TrainConfig, train_language_model
 
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 
@@ -82,7 +82,7 @@ def test_measuring_importances_leaves_the_model_as_it_was(corpus):
 
 
 def test_importances_from_a_stream_equal_those_from_the_same_batches(corpus):
-    from analysis.corpora import batchify, get_batch
+    from analysis.lm.corpora import batchify, get_batch
 
     model = tiny_model(vocab=len(corpus.vocab))
     source = batchify(corpus.train, 4)

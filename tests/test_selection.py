@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from analysis.errors import InvalidInputError
-from analysis.selection import CRITERIA, PruningPlan, cluster_units, select_units
+from analysis.dynamics.selection import CRITERIA, PruningPlan, cluster_units, select_units
 
 
 def duplicated_family_distances(n_families=5, members=4, seed=0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from analysis.errors import InvalidInputError
-from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel, load_model, save_model
-from analysis.surgery import count_parameters, prune_units
+from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel, load_model, save_model
+from analysis.pruning.surgery import count_parameters, prune_units
 
 RNN_TYPES = ["LSTM", "GRU", "RNN_TANH"]
 

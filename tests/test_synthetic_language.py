@@ -1,4 +1,4 @@
-"""Tests for analysis.synthetic_language: determinism, sampling statistics and the exact oracle."""
+"""Tests for analysis.lm.synthetic_language: determinism, sampling statistics and the exact oracle."""
 from __future__ import annotations
 
 import itertools
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.corpora import load_synthetic, unigram_perplexity
+from analysis.lm.corpora import load_synthetic, unigram_perplexity
 from analysis.errors import InvalidInputError
-from analysis.synthetic_language import END_STATE, SyntheticLanguage, hmm_token_log_probs
+from analysis.lm.synthetic_language import END_STATE, SyntheticLanguage, hmm_token_log_probs
 
 
 def brute_force_log_likelihood(start, transition, emission, tokens) -> float:

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.corpora import load_corpus
+from analysis.lm.corpora import load_corpus
 from analysis.errors import CheckpointError, InvalidInputError
-from analysis.evaluation import evaluate
-from analysis.lm import ModelConfig, RNNLanguageModel, load_model
-from analysis.surgery import prune_units
-from analysis.trajectory import load_trajectory
-from analysis.training import TrainConfig, TrainingInterrupted, train_language_model
+from analysis.lm.evaluation import evaluate
+from analysis.lm.model import ModelConfig, RNNLanguageModel, load_model
+from analysis.pruning.surgery import prune_units
+from analysis.trajectories.trajectory import load_trajectory
+from analysis.lm.training import TrainConfig, TrainingInterrupted, train_language_model
 
 SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 

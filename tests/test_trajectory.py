@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
-from analysis.lds import fit_layer
-from analysis.snapshot_rows import all_finite
-from analysis.trajectory import load_trajectory
+from analysis.dynamics.lds import fit_layer
+from analysis.trajectories.snapshot_rows import all_finite
+from analysis.trajectories.trajectory import load_trajectory
 
 STEPS = (100, 5, 10)  # written in this order; lexicographic order ("10" < "100" < "5") would be wrong
 

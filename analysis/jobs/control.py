@@ -15,7 +15,7 @@ from typing import Iterable
 
 import analysis
 from analysis.errors import InvalidInputError
-from analysis.fileio import atomic_write_json, read_json_lines
+from analysis.utils.fileio import atomic_write_json, read_json_lines
 from analysis.jobs import store
 from analysis.jobs.process import is_alive, process_token, signal_group
 from analysis.jobs.store import Job, JobStateError

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from analysis.errors import DynapruneError, InvalidInputError
-from analysis.fileio import atomic_write_json
+from analysis.utils.fileio import atomic_write_json
 from analysis.jobs.process import is_alive, liveness_is_verifiable
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = "queued", "running", "succeeded", "failed", "cancelled", "lost"

@@ -84,5 +84,5 @@ if finished:
     st.download_button(f"Download {FINAL_MODEL} ({model_path.stat().st_size / 1e6:.1f} MB)", model_path.read_bytes,
                        file_name=f"{Path(run).name}-{FINAL_MODEL}", mime="application/octet-stream",
                        key="compare_model")
-    st.caption("A plain PyTorch checkpoint: load it with `analysis.lm.load_model` or "
+    st.caption("A plain PyTorch checkpoint: load it with `analysis.lm.model.load_model` or "
                "`torch.load(path, weights_only=True)`.")

@@ -12,8 +12,8 @@ import streamlit as st
 from analysis import jobs
 from analysis.errors import DynapruneError
 from analysis.exploration import pipeline_curve, reference_lines
-from analysis.selection import CRITERIA
-from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
+from analysis.dynamics.selection import CRITERIA
+from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from app import common
 
 POLL_SECONDS = 2.0

@@ -5,9 +5,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.exploration import group_by_labels, heatmap_view, unit_status
-from analysis.pruning_preview import (DEFAULT_CURVE_RATIOS, model_perplexity, plan_footprint, zero_shot_curve,
+from analysis.pruning.preview import (DEFAULT_CURVE_RATIOS, model_perplexity, plan_footprint, zero_shot_curve,
                                       zero_shot_perplexity)
-from analysis.selection import CRITERIA
+from analysis.dynamics.selection import CRITERIA
 from app import common
 
 st.title("Prune")

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from analysis.errors import InvalidInputError
-from analysis.evaluation import evaluate, perplexity
-from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
-from analysis.selection import CRITERIA, select_units
-from analysis.surgery import prune_units
+from analysis.lm.evaluation import evaluate, perplexity
+from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
+from analysis.dynamics.selection import CRITERIA, select_units
+from analysis.pruning.surgery import prune_units
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000
 DEFAULT_CURVE_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -66,7 +66,7 @@ def unit_importance(trajectory, layer: str) -> np.ndarray:
 
 def count_parameters_for(config: ModelConfig) -> dict[str, int]:
     """Parameter counts of an RNNLanguageModel with this config, without building it:
-    {"recurrent": ..., "total": ...}, tied weights counted once (as analysis.surgery.count_parameters)."""
+    {"recurrent": ..., "total": ...}, tied weights counted once (as analysis.pruning.surgery.count_parameters)."""
     gates = GATES_PER_UNIT[config.rnn_type]
     inputs = [int(config.embedding_size)] + [int(h) for h in config.hidden_sizes[:-1]]
     recurrent = sum(gates * h * (d + h) + 2 * gates * h for d, h in zip(inputs, map(int, config.hidden_sizes)))
@@ -154,7 +154,7 @@ def load_validation_tokens(data_source: str | None, vocab_json=None,
     when the source is unknown or missing, or when its vocabulary differs from `vocab_json` (the
     model's own vocabulary).
     """
-    from analysis.corpora import PTB_ENV_VAR, Vocabulary, load_corpus
+    from analysis.lm.corpora import PTB_ENV_VAR, Vocabulary, load_corpus
 
     if max_tokens is not None and (isinstance(max_tokens, bool) or int(max_tokens) < 2):
         raise InvalidInputError(f"max_tokens must be at least 2 or None; got {max_tokens!r}")

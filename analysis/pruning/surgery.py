@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from analysis.errors import InvalidInputError
-from analysis.lm import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
+from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
 
 
 def _kept_per_layer(plan: Any) -> Mapping[str, Any]:

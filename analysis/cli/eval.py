@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.corpora import Vocabulary, load_corpus
-    from analysis.lm import load_model
-    from analysis.evaluation import evaluate, perplexity
+    from analysis.lm.corpora import Vocabulary, load_corpus
+    from analysis.lm.model import load_model
+    from analysis.lm.evaluation import evaluate, perplexity
 
     model, info = load_model(args.model)
     spec = args.data or info.get("data_source")

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.download import default_ptb_cache_dir, download_ptb
+    from analysis.lm.download import default_ptb_cache_dir, download_ptb
 
     directory = download_ptb(args.to, base_url=args.mirror, timeout=args.timeout)
     hint = "--data ptb" if args.to is None or Path(args.to).resolve() == default_ptb_cache_dir().resolve() \

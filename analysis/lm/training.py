@@ -4,11 +4,11 @@
 
 A run directory holds run.json (configs, data source), vocab.json, metrics.jsonl (one event per
 line), checkpoint_last.pt (resumable; plain tensors and types only), best.pt (best validation
-loss, see analysis.lm.save_model) and trajectory/ (analysis.recorder). Calling the function again
+loss, see analysis.lm.model.save_model) and trajectory/ (analysis.trajectories.recorder). Calling the function again
 on the same directory resumes exactly where it stopped; SIGTERM stops it after the current batch
 with a checkpoint written. The loop also serves fine-tuning: pass `initial_model` (a pruned
 student), `teacher` (distillation, METHOD section 8) and `extra_loss` (e.g. a regulariser).
-The settings (TrainConfig) live in analysis.training_config, scoring (`evaluate`) in analysis.evaluation.
+The settings (TrainConfig) live in analysis.lm.training_config, scoring (`evaluate`) in analysis.lm.evaluation.
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from analysis.allocator import reuse_freed_memory
-from analysis.corpora import Corpus, batchify, get_batch
+from analysis.utils.allocator import reuse_freed_memory
+from analysis.lm.corpora import Corpus, batchify, get_batch
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
-from analysis.evaluation import evaluate, perplexity
-from analysis.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text, read_json_object
-from analysis.lm import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
+from analysis.lm.evaluation import evaluate, perplexity
+from analysis.utils.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text, read_json_object
+from analysis.lm.model import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
                          load_model, read_checkpoint, save_model)
-from analysis.recorder import TrajectoryRecorder
-from analysis.regularization import distillation_loss
-from analysis.stopping import StopFlag, sigterm_requests_stop
-from analysis.training_config import (OPTIMIZERS, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS, TrainConfig,
+from analysis.trajectories.recorder import TrajectoryRecorder
+from analysis.pruning.regularization import distillation_loss
+from analysis.utils.stopping import StopFlag, sigterm_requests_stop
+from analysis.lm.training_config import (OPTIMIZERS, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS, TrainConfig,
                                       resolve_record_every, steps_per_epoch)
 
 RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
@@ -123,7 +123,7 @@ def train_language_model(run_dir: str | Path, corpus: Corpus, model_config: Mode
     runs before each epoch, e.g. to refresh importances; callbacks' own state is not checkpointed.
     After the last epoch the best model is scored on the test split (`evaluate_test`).
     Raises TrainingInterrupted after SIGTERM, once the checkpoint is written. On glibc systems it
-    first sets the process's malloc to keep freed memory (`analysis.allocator.reuse_freed_memory`):
+    first sets the process's malloc to keep freed memory (`analysis.utils.allocator.reuse_freed_memory`):
     the per-step (tokens x vocabulary) buffers then stop costing page faults.
     """
     reuse_freed_memory()

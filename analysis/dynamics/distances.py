@@ -24,7 +24,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from analysis.errors import InvalidInputError
-from analysis.lds import LDSFit
+from analysis.dynamics.lds import LDSFit
 
 # Each principal angle contributes at most -log(COS2_FLOOR) to d^2, so orthogonal subspaces get a
 # large finite distance instead of infinity.

@@ -2,7 +2,7 @@
 
 A criterion is one class with one method, `choose_pruned(n_prune, distances, importance, rng)`,
 returning the unit indices to remove; `select_units` applies it per layer and returns a
-PruningPlan. Selection never touches a model: structural surgery lives in analysis.surgery.
+PruningPlan. Selection never touches a model: structural surgery lives in analysis.pruning.surgery.
 
     plan = select_units(D, ratio=0.5, criterion="dynamics", importance=final_norms)
     plan.kept, plan.pruned                      # one layer

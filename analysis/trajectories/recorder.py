@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 
 from analysis.errors import CheckpointError, InvalidInputError
-from analysis.fileio import atomic_path, atomic_write_json
-from analysis.trajectory import FORMAT_VERSION, MANIFEST_NAME, SNAPSHOT_DIR, RecurrentLayerInfo, find_recurrent_layers
+from analysis.utils.fileio import atomic_path, atomic_write_json
+from analysis.trajectories.trajectory import FORMAT_VERSION, MANIFEST_NAME, SNAPSHOT_DIR, RecurrentLayerInfo, find_recurrent_layers
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

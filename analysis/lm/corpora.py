@@ -23,7 +23,7 @@ import torch
 from analysis.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from analysis.synthetic_language import SyntheticLanguage
+    from analysis.lm.synthetic_language import SyntheticLanguage
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -192,7 +192,7 @@ def load_synthetic(seed: int = 0, *, train: int = SYNTHETIC_DEFAULTS["train"], v
                    test: int = SYNTHETIC_DEFAULTS["test"], states: int = SYNTHETIC_DEFAULTS["states"],
                    words: int = SYNTHETIC_DEFAULTS["words"]) -> Corpus:
     """Sample the three splits of the synthetic language for `seed` (each split its own random stream)."""
-    from analysis.synthetic_language import SyntheticLanguage
+    from analysis.lm.synthetic_language import SyntheticLanguage
 
     sizes = {"train": train, "valid": valid, "test": test}
     for name, size in sizes.items():
@@ -284,7 +284,7 @@ def _find_split_file(directory: Path, split: str) -> Path:
 
 
 def _default_ptb_dir(cache_dir: str | os.PathLike | None, download: bool) -> Path:
-    from analysis import download as downloads
+    from analysis.lm import download as downloads
 
     env_dir = os.environ.get(PTB_ENV_VAR)
     if env_dir:

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from analysis.errors import InvalidInputError
-from analysis.lm import PRESETS, ModelConfig, preset
+from analysis.lm.model import PRESETS, ModelConfig, preset
 
 HELP = "Train a preset RNN language model and record its weight trajectory (resumable)."
 SIGTERM_EXIT_STATUS = 143
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.corpora import load_corpus
-    from analysis.training import TrainConfig, TrainingInterrupted, train_language_model
+    from analysis.lm.corpora import load_corpus
+    from analysis.lm.training import TrainConfig, TrainingInterrupted, train_language_model
 
     chosen = preset(args.preset)
     if args.threads is not None:

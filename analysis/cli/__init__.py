@@ -1,4 +1,4 @@
-"""The `dynaprune` command line. Each subcommand lives in analysis/commands/<name>.py and exposes
+"""The `dynaprune` command line. Each subcommand lives in analysis/cli/<name>.py and exposes
 HELP, add_arguments(parser) and run(args) -> int exit code.
 
     dynaprune --help
@@ -13,11 +13,11 @@ from analysis.errors import DynapruneError
 
 # name -> module; the module is imported only when its subcommand is chosen or help is built.
 COMMANDS: dict[str, str] = {
-    "jobs": "analysis.commands.jobs",
-    "train": "analysis.commands.train",
-    "eval": "analysis.commands.eval",
-    "prune": "analysis.commands.prune",
-    "download-ptb": "analysis.commands.download_ptb",
+    "jobs": "analysis.cli.jobs",
+    "train": "analysis.cli.train",
+    "eval": "analysis.cli.eval",
+    "prune": "analysis.cli.prune",
+    "download-ptb": "analysis.cli.download_ptb",
 }
 
 
@@ -49,6 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dynaprune {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

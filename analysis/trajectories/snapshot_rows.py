@@ -1,7 +1,7 @@
 """Row-level reading of trajectory snapshots: zero-copy row access to safetensors snapshot files
 (memory-mapped, each row copied once straight into the caller's array) and to snapshots held in
 memory, and the planning that turns a selection of units into a few contiguous row runs to read.
-`analysis.trajectory` builds unit weight vectors out of these rows.
+`analysis.trajectories.trajectory` builds unit weight vectors out of these rows.
 """
 from __future__ import annotations
 

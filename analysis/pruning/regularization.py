@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from analysis.errors import InvalidInputError
-from analysis.fileio import atomic_write_json
-from analysis.lm import GATES_PER_UNIT, RNNLanguageModel
+from analysis.utils.fileio import atomic_write_json
+from analysis.lm.model import GATES_PER_UNIT, RNNLanguageModel
 
 IMPORTANCE_FORMAT = "dynaprune-unit-importances"
 DEFAULT_CALIBRATION_BATCHES = 8
@@ -111,7 +111,7 @@ def _hidden_batch_size(hidden) -> int:
 
 def _calibration_batches(data, batch_size: int, bptt: int):
     if isinstance(data, torch.Tensor):
-        from analysis.corpora import batchify, get_batch
+        from analysis.lm.corpora import batchify, get_batch
 
         source = batchify(data, batch_size)
         for start in range(0, source.size(0) - 1, bptt):

@@ -4,7 +4,7 @@
 + snapshots/) or a directory of ordinary checkpoints ordered by the step number in their file
 names. `Trajectory.unit_vectors` returns each hidden unit's weight vector
     w_k(t) = concat_g [W_ih[g*H+k, :], W_hh[g*H+k, :]]
-for every snapshot, reading only the rows it needs from safetensors files (analysis.snapshot_rows)
+for every snapshot, reading only the rows it needs from safetensors files (analysis.trajectories.snapshot_rows)
 so that a large trajectory can be processed a block of units at a time.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 # Layer discovery and archive extraction live with the file readers; they are part of this
 # module's public interface too.
-from analysis.checkpoints import (
+from analysis.trajectories.checkpoints import (
     SAFETENSORS_SUFFIX,
     RecurrentLayerInfo,
     extract_checkpoint_archive,
@@ -29,7 +29,7 @@ from analysis.checkpoints import (
     read_safetensors_shapes,
 )
 from analysis.errors import CheckpointError, InvalidInputError
-from analysis.snapshot_rows import Snapshot, SnapshotReader, all_finite, plan_row_reads
+from analysis.trajectories.snapshot_rows import Snapshot, SnapshotReader, all_finite, plan_row_reads
 
 __all__ = [
     "RecurrentLayerInfo",

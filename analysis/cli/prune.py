@@ -22,9 +22,9 @@ SIGTERM_EXIT_STATUS = 143
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from analysis.pipeline import PipelineConfig
-    from analysis.selection import CRITERIA
-    from analysis.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
+    from analysis.pruning.pipeline import PipelineConfig
+    from analysis.dynamics.selection import CRITERIA
+    from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 
     defaults = PipelineConfig()
     parser.add_argument("--from", dest="source", required=True,
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The PipelineConfig the options describe (validated)."""
-    from analysis.pipeline import PipelineConfig
+    from analysis.pruning.pipeline import PipelineConfig
 
     if args.plain_l2 and args.no_regularization:
         raise InvalidInputError("--plain-l2 and --no-regularization contradict each other; choose one")
@@ -83,7 +83,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from analysis.pipeline import PipelineInterrupted, run_pruning_pipeline
+    from analysis.pruning.pipeline import PipelineInterrupted, run_pruning_pipeline
 
     if args.threads is not None:
         if args.threads < 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 import platformdirs
 
 from analysis.errors import DynapruneError, InvalidInputError
-from analysis.fileio import atomic_path
+from analysis.utils.fileio import atomic_path
 
 # Mikolov's preprocessed Penn Treebank (simple-examples), raw files as mirrored in the LSTM
 # reference implementation of Zaremba et al.; the sums are the published checksums of those files.

@@ -11,9 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from analysis.corpora import batchify, get_batch
+from analysis.lm.corpora import batchify, get_batch
 from analysis.errors import InvalidInputError
-from analysis.lm import RNNLanguageModel
+from analysis.lm.model import RNNLanguageModel
 
 
 def perplexity(mean_nll: float) -> float:

@@ -1,5 +1,5 @@
 """Training settings (TrainConfig, with the presets' values) and the schedule they imply: optimiser
-steps per epoch and the interval between trajectory snapshots. `analysis.training` runs them.
+steps per epoch and the interval between trajectory snapshots. `analysis.lm.training` runs them.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from analysis.configs import PlainConfig
+from analysis.utils.configs import PlainConfig
 from analysis.errors import InvalidInputError
-from analysis.lm import preset
+from analysis.lm.model import preset
 
 TARGET_SNAPSHOTS = 40
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.configs import PlainConfig
+from analysis.utils.configs import PlainConfig
 from analysis.errors import CheckpointError, InvalidInputError, UnsafeCheckpointError
-from analysis.fileio import atomic_path
+from analysis.utils.fileio import atomic_path
 
 RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN}
 # Gate blocks per hidden unit, in PyTorch's row order (METHOD section 2).
@@ -32,7 +32,7 @@ GATES_PER_UNIT = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 MODEL_FORMAT = "dynaprune-model"
 BEST_MODEL_FILE = "best.pt"
 LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
-PRUNED_MODEL_FILE = "final.pt"  # the result of a pruning pipeline (analysis.pipeline)
+PRUNED_MODEL_FILE = "final.pt"  # the result of a pruning pipeline (analysis.pruning.pipeline)
 
 
 @dataclass

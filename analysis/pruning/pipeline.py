@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from analysis.configs import PlainConfig
+from analysis.utils.configs import PlainConfig
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
-from analysis.evaluation import evaluate, perplexity
-from analysis.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines, read_json_object
-from analysis.lm import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
-from analysis.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationAwareL2
-from analysis.selection import CRITERIA, PruningPlan, select_units, units_to_prune
-from analysis.stopping import sigterm_requests_stop
-from analysis.surgery import count_parameters, prune_units
-from analysis.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
+from analysis.lm.evaluation import evaluate, perplexity
+from analysis.utils.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines, read_json_object
+from analysis.lm.model import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
+from analysis.pruning.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationAwareL2
+from analysis.dynamics.selection import CRITERIA, PruningPlan, select_units, units_to_prune
+from analysis.utils.stopping import sigterm_requests_stop
+from analysis.pruning.surgery import count_parameters, prune_units
+from analysis.lm.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
                                steps_per_epoch, train_language_model)
-from analysis.training_config import LR_SCHEDULES, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS
+from analysis.lm.training_config import LR_SCHEDULES, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS
 
 PIPELINE_FILE, FINAL_MODEL_FILE = "pipeline.json", PRUNED_MODEL_FILE
 PLAN_FILE, IMPORTANCE_FILE = "plan.json", "importances.json"
@@ -60,7 +60,7 @@ class PipelineConfig(PlainConfig):
 
     ratio: float = 0.5                  # target fraction of each layer's original units to remove (0: a control)
     stages: int = 3                     # 1 is one-shot pruning
-    criterion: str = "dynamics"         # "dynamics", "magnitude" or "random" (analysis.selection.CRITERIA)
+    criterion: str = "dynamics"         # "dynamics", "magnitude" or "random" (analysis.dynamics.selection.CRITERIA)
     epochs_per_stage: int = 2
     regularization: str = "da-l2"       # "da-l2", "l2" (plain: every s_k = 0) or "none"
     da_l2: float = 1e-5                 # lambda of the (DA-)L2 penalty (see docs/results.md for the choice)
@@ -197,7 +197,7 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
 def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
                  config: PipelineConfig, stage: int) -> PruningPlan:
     """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
-    from analysis.trajectory import load_trajectory
+    from analysis.trajectories.trajectory import load_trajectory
 
     sizes = dict(zip(teacher.layer_names, (rnn.hidden_size for rnn in teacher.rnns)))
     trajectory = None
@@ -222,8 +222,8 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
         importance[layer] = np.linalg.norm(final, axis=1)
         distances[layer] = None
         if config.criterion == "dynamics" and ratio[layer] > 0:
-            from analysis.distances import dynamics_distances
-            from analysis.lds import fit_layer
+            from analysis.dynamics.distances import dynamics_distances
+            from analysis.dynamics.lds import fit_layer
 
             fit = fit_layer(trajectory, layer, order=min(config.lds_order, len(trajectory) - 1))
             distances[layer] = dynamics_distances(fit, horizon=config.horizon)
@@ -246,7 +246,7 @@ def run_pruning_pipeline(source: str | Path, out_dir: str | Path, config: Pipeli
 
 class _Pipeline:
     def __init__(self, source_path, out, config, data, corpus, overwrite, progress, device, log):
-        from analysis.corpora import Vocabulary, load_corpus
+        from analysis.lm.corpora import Vocabulary, load_corpus
 
         self.out, self.config, self.progress, self.device, self.log = out, config, progress, device, log
         self.source = resolve_source(source_path)
