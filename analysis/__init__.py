@@ -21,7 +21,7 @@ _PUBLIC = {
     "fit_layer": "analysis.dynamics.lds",
     "fit_lds": "analysis.dynamics.lds",
     "TrajectoryRecorder": "analysis.trajectories.recorder",
-    "PipelineConfig": "analysis.pruning.pipeline",
+    "PipelineConfig": "analysis.pruning.config",
     "run_pruning_pipeline": "analysis.pruning.pipeline",
     "CRITERIA": "analysis.dynamics.selection",
     "PruningPlan": "analysis.dynamics.selection",

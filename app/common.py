@@ -24,7 +24,7 @@ from analysis.exploration import find_runs, heatmap_order, mds_embedding, run_ki
 from analysis.utils.fileio import atomic_write_bytes
 from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
 from analysis.lm.model import load_model, resolve_model_path
-from analysis.pruning.pipeline import PipelineConfig
+from analysis.pruning.config import PipelineConfig
 from analysis.pruning.preview import limit_threads, load_validation_tokens, unit_importance
 from analysis.dynamics.selection import select_units
 from analysis.trajectories.trajectory import MANIFEST_NAME, load_trajectory

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.pruning.pipeline import PipelineConfig
+from analysis.pruning.config import PipelineConfig
 
 RESULTS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
 

@@ -22,7 +22,7 @@ SIGTERM_EXIT_STATUS = 143
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from analysis.pruning.pipeline import PipelineConfig
+    from analysis.pruning.config import PipelineConfig
     from analysis.dynamics.selection import CRITERIA
     from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The PipelineConfig the options describe (validated)."""
-    from analysis.pruning.pipeline import PipelineConfig
+    from analysis.pruning.config import PipelineConfig
 
     if args.plain_l2 and args.no_regularization:
         raise InvalidInputError("--plain-l2 and --no-regularization contradict each other; choose one")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis.exploration import (fit_quality_table, gate_names, gate_norms, group_by_labels, heatmap_view, norm_bands,
                                   pca_paths, transition_eigenvalues, unit_circle, unit_status)
-from analysis.pruning.pipeline import PipelineConfig
+from analysis.pruning.config import PipelineConfig
 from analysis.pruning.preview import plan_footprint
 from analysis.pruning.regularization import unit_importances
 from app import common
