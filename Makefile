@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(BIN)/streamlit run app/main.py
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -1,10 +1,12 @@
 """dynaprune's library: trajectories of recurrent weights, LDS fits, dynamics distances, unit selection,
 structured pruning and fine-tuning. Never imports Streamlit; the dashboard in app/ calls into it.
 
-    from analysis import load_trajectory, fit_layer, dynamics_distances, select_units
+    from analysis import load_trajectory, fit_trajectory, final_norm_importance, select_units
     trajectory = load_trajectory("sample_checkpoints/synthetic")
-    fit = fit_layer(trajectory, trajectory.layers[0])
-    plan = select_units(dynamics_distances(fit), ratio=0.5)
+    dynamics = fit_trajectory(trajectory)          # {layer: LayerDynamics(fit, distances)}
+    plan = select_units({layer: d.distances for layer, d in dynamics.items()}, ratio=0.5,
+                        importance=final_norm_importance(trajectory))
+    plan.pruned                                    # {layer: unit indices}
 
 Names are imported on first use, so `import analysis` (and the job supervisor) stays light.
 """
@@ -26,6 +28,11 @@ _PUBLIC = {
     "CRITERIA": "analysis.dynamics.selection",
     "PruningPlan": "analysis.dynamics.selection",
     "select_units": "analysis.dynamics.selection",
+    "final_norm_importance": "analysis.dynamics.selection",
+    "LayerDynamics": "analysis.dynamics.trajectory_fit",
+    "fit_trajectory": "analysis.dynamics.trajectory_fit",
+    "ProgressUpdate": "analysis.utils.progress",
+    "TerminalProgress": "analysis.utils.progress",
     "prune_units": "analysis.pruning.surgery",
     "Trajectory": "analysis.trajectories.trajectory",
     "load_trajectory": "analysis.trajectories.trajectory",

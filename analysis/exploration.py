@@ -1,7 +1,8 @@
 """The numbers behind the dashboard's exploration pages: weight norms over training, PCA paths of
 unit weight vectors, a 2-D map of units from their dynamics distances, heatmap orderings, nearest
 neighbours, the eigenvalues of each unit's transition matrix, and the curves and tables of
-training and pruning runs. Nothing here draws; every function returns arrays or data frames.
+training and pruning runs (their events read with analysis.runs.read_run_metrics). Nothing here
+draws; every function returns arrays or data frames.
 
     norms = gate_norms(trajectory, "rnns.0.l0")            # (T, G, H)
     bands = norm_bands(norms, trajectory.steps, gate_names(trajectory.layer_info("rnns.0.l0")))
@@ -16,7 +17,6 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,18 +24,12 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
 from analysis.errors import InvalidInputError
-from analysis.utils.fileio import read_json_lines
+from analysis.dynamics.distances import check_distances
 from analysis.dynamics.lds import LDSFit
+from analysis.trajectories.layers import GATE_NAMES
 
-# PyTorch's gate order per layer kind (METHOD section 2).
-GATE_NAMES = {"LSTM": ("input (i)", "forget (f)", "cell (g)", "output (o)"),
-              "GRU": ("reset (r)", "update (z)", "new (n)"),
-              "RNN": ("hidden (h)",)}
 # Unit vectors are read this many bytes at a time, so a 1500-unit layer never sits in memory whole.
 _READ_BUDGET_BYTES = 64 * 2**20
-METRICS_FILE = "metrics.jsonl"
-PIPELINE_FILE = "pipeline.json"
-RUN_FILE = "run.json"
 
 
 # ----------------------------------------------------------------------------- trajectories
@@ -43,7 +37,7 @@ RUN_FILE = "run.json"
 
 def gate_names(info) -> list[str]:
     """Display names of a layer's gate blocks, in row order (e.g. LSTM: i, f, g, o)."""
-    return list(GATE_NAMES.get(info.kind, tuple(f"gate {g}" for g in range(info.gates))))
+    return list(GATE_NAMES[info.kind])
 
 
 def gate_norms(trajectory, layer: str) -> np.ndarray:
@@ -183,7 +177,7 @@ def mds_embedding(distances, n_components: int = 2, seed: int = 0) -> np.ndarray
     (metric MDS on the precomputed matrix, classical-MDS start, seeded). Shape (H, n_components)."""
     from sklearn.manifold import MDS
 
-    D = _checked_distances(distances)
+    D = check_distances(distances)
     H = D.shape[0]
     if H <= n_components or not D.any():
         return np.zeros((H, n_components))  # nothing to spread out
@@ -203,7 +197,7 @@ def heatmap_order(distances, labels=None) -> np.ndarray:
     """A unit order that puts similar units next to each other: the leaves of the average-linkage
     tree (the tree the dynamics criterion cuts). With cluster labels, each cluster is also made
     contiguous, clusters in order of first appearance (see group_by_labels)."""
-    D = _checked_distances(distances)
+    D = check_distances(distances)
     H = D.shape[0]
     order = leaves_list(linkage(squareform(D, checks=False), method="average")) if H > 1 else np.arange(H)
     order = order.astype(np.int64)
@@ -227,7 +221,7 @@ def group_by_labels(order, labels) -> np.ndarray:
 def nearest_neighbours(distances, unit: int, k: int = 5, labels=None) -> pd.DataFrame:
     """The k units closest to `unit` in dynamics distance (itself excluded), nearest first; ties
     go to the lower index. Columns: unit, distance, and cluster when `labels` are given."""
-    D = _checked_distances(distances)
+    D = check_distances(distances)
     H = D.shape[0]
     if not 0 <= int(unit) < H:
         raise InvalidInputError(f"unit {unit} is out of range; the layer has {H} units (0..{H - 1})")
@@ -274,36 +268,12 @@ def heatmap_view(distances, order, marked=(), max_size: int = 300) -> HeatmapVie
 
 def ordered_matrix(distances, order) -> np.ndarray:
     """The distance matrix with rows and columns in `order`."""
-    D = _checked_distances(distances)
+    D = check_distances(distances)
     order = _checked_units(order, D.shape[0])
     return D[np.ix_(order, order)]
 
 
-# ----------------------------------------------------------------------------- runs and results
-
-
-def read_run_metrics(run_dir) -> list[dict]:
-    """The events of a training run's or pruning pipeline's metrics.jsonl (empty if none yet)."""
-    return read_json_lines(Path(run_dir) / METRICS_FILE)
-
-
-def run_kind(run_dir) -> str | None:
-    """"pipeline" (has pipeline.json), "training" (has run.json) or None."""
-    path = Path(run_dir)
-    if (path / PIPELINE_FILE).is_file():
-        return "pipeline"
-    if (path / RUN_FILE).is_file():
-        return "training"
-    return None
-
-
-def find_runs(runs_dir) -> list[Path]:
-    """Training runs and pipeline outputs directly under runs_dir, newest first."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and run_kind(p)]
-    return sorted(found, key=lambda p: (-_mtime(p), p.name))
+# ----------------------------------------------------------------------------- results of runs
 
 
 def training_curve(events: list[dict]) -> pd.DataFrame:
@@ -377,15 +347,6 @@ def pipeline_table(events: list[dict]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _checked_distances(distances) -> np.ndarray:
-    D = np.asarray(distances, dtype=np.float64)
-    if D.ndim != 2 or D.shape[0] != D.shape[1]:
-        raise InvalidInputError(f"distances must be a square (H, H) matrix; got shape {D.shape}")
-    if not np.isfinite(D).all():
-        raise InvalidInputError("distances contain NaN or Inf")
-    return D
-
-
 def _checked_units(units, n_units: int) -> np.ndarray:
     array = np.asarray(units, dtype=np.int64).reshape(-1)
     if array.size and (array.min() < 0 or array.max() >= n_units):
@@ -400,10 +361,3 @@ def _is_number(value) -> bool:
 def _sizes_text(sizes) -> str | None:
     return None if sizes is None else " x ".join(str(s) for s in sizes) if isinstance(sizes, list) else str(sizes)
 
-
-def _mtime(path: Path) -> float:
-    try:
-        return max((path / name).stat().st_mtime for name in (METRICS_FILE, PIPELINE_FILE, RUN_FILE)
-                   if (path / name).exists())
-    except (OSError, ValueError):
-        return 0.0

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
-from analysis.trajectories.checkpoints import extract_checkpoint_archive
+from analysis.trajectories.archives import extract_checkpoint_archive
 from analysis.dynamics.distances import dynamics_distances
 from analysis.errors import DynapruneError
-from analysis.exploration import find_runs, heatmap_order, mds_embedding, run_kind
-from analysis.utils.fileio import atomic_write_bytes
+from analysis.exploration import heatmap_order, mds_embedding
+from analysis.utils.fileio import atomic_write_bytes, safe_file_name
 from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
-from analysis.lm.model import load_model, resolve_model_path
-from analysis.pruning.config import PipelineConfig
-from analysis.pruning.preview import limit_threads, load_validation_tokens, unit_importance
-from analysis.dynamics.selection import select_units
-from analysis.trajectories.trajectory import MANIFEST_NAME, load_trajectory
+from analysis.lm.model import load_model
+from analysis.pruning.config import PipelineConfig, uniform_or_per_layer
+from analysis.pruning.preview import limit_threads, load_validation_tokens
+from analysis.dynamics.selection import final_norm_importance, select_units
+from analysis.runs import (BEST_MODEL_FILE, MANIFEST_FILE, TRAJECTORY_DIR, find_runs, has_trajectory, list_stages,
+                           resolve_model_path, run_kind)
+from analysis.trajectories.trajectory import load_trajectory
 from analysis.uploads import remove_stale_uploads, uploads_root
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ ORDER_KEY = "lds_order"
 HORIZON_KEY = "lds_horizon"
 RATIO_KEY = "prune_ratio"
 CRITERION_KEY = "prune_criterion"
+LAYER_RATIOS_KEY = "prune_layer_ratios"  # {layer: ratio} the Prune page previewed last
 SEED = 0
 
 
@@ -57,10 +60,6 @@ def uploads_dir() -> Path:
     return uploads_root() / session
 
 
-def has_trajectory(path: Path) -> bool:
-    return (path / MANIFEST_NAME).is_file() or (path / "trajectory" / MANIFEST_NAME).is_file()
-
-
 def list_samples() -> list[Path]:
     root = samples_dir()
     if not root.is_dir():
@@ -75,7 +74,7 @@ def list_run_trajectories() -> list[Path]:
     found = []
     for run in find_runs(runs_dir()):
         if run_kind(run) == "pipeline":
-            found += sorted((p for p in run.glob("stage_*") if p.is_dir() and has_trajectory(p)), key=lambda p: p.name)
+            found += [stage for stage in list_stages(run) if has_trajectory(stage)]
         elif has_trajectory(run):
             found.append(run)
     return found
@@ -114,7 +113,7 @@ def import_archive(name: str, data: bytes, folder: Path, max_unpacked_bytes: int
     """Unpack an uploaded zip of checkpoints into a new folder inside `folder` and check that it
     holds a readable trajectory; return that folder. Nothing is left behind on failure (the zip is
     always removed; a folder that holds no trajectory is removed too)."""
-    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "upload.zip"
+    safe_name = safe_file_name(name, default="upload.zip")
     archive = folder / safe_name
     try:
         atomic_write_bytes(archive, data)
@@ -152,7 +151,7 @@ def signature(path: Path | str) -> float:
     """Changes whenever the trajectory or model on disk changes; part of every cache key."""
     path = Path(path)
     stamps = []
-    for candidate in (path / MANIFEST_NAME, path / "trajectory" / MANIFEST_NAME, path / "best.pt", path):
+    for candidate in (path / MANIFEST_FILE, path / TRAJECTORY_DIR / MANIFEST_FILE, path / BEST_MODEL_FILE, path):
         try:
             stamps.append(candidate.stat().st_mtime)
         except OSError:
@@ -203,7 +202,7 @@ def trajectory(path: str, sig: float):
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def model(path: str, sig: float):
-    """(model, info) of a source that holds a dynaprune model (best.pt); raises otherwise."""
+    """(model, info) of a source that holds a dynaprune model (analysis.runs.resolve_model_path); raises otherwise."""
     return load_model(resolve_model_path(path))
 
 
@@ -253,7 +252,7 @@ def embedding(path: str, sig: float, layer: str, order: int, horizon):
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def importance(path: str, sig: float, layer: str):
-    return unit_importance(trajectory(path, sig), layer)
+    return final_norm_importance(trajectory(path, sig), layer)
 
 
 def all_distances(path: str, sig: float, order: int, horizon) -> dict:
@@ -279,20 +278,13 @@ def valid_order_range(trajectory_) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the pipeline command
 
-def pipeline_defaults() -> dict:
-    """Default options of the pruning pipeline (`dynaprune prune`), from its configuration."""
+def previewed_pipeline(trajectory_, layers: list[str]) -> PipelineConfig:
+    """The pipeline's defaults with what the Dynamics and Prune pages chose (LDS order and horizon,
+    criterion, per-layer ratios), so that a fine-tuning job runs what they previewed."""
     defaults = PipelineConfig()
-    return {"stages": defaults.stages, "epochs_per_stage": defaults.epochs_per_stage, "da_l2": defaults.da_l2,
-            "kd_alpha": defaults.kd_alpha, "kd_tau": defaults.kd_tau, "lr_schedule": defaults.lr_schedule,
-            "teacher_precision": defaults.teacher_precision}
-
-
-def argument_of(args: list[str], flag: str, default: str) -> str:
-    """The value given to `flag` in a command's argument list (the last one, as argparse takes)."""
-    value = default
-    for index, arg in enumerate(args):
-        if arg == flag and index + 1 < len(args):
-            value = args[index + 1]
-        elif arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
-    return value
+    order, horizon = dynamics_settings(trajectory_)
+    ratios = st.session_state.get(LAYER_RATIOS_KEY)
+    if not ratios or set(ratios) != set(layers):  # none previewed, or for another model's layers
+        ratios = {layer: st.session_state.get(RATIO_KEY, defaults.ratio) for layer in layers}
+    return replace(defaults, ratio=uniform_or_per_layer(ratios), lds_order=order, horizon=horizon,
+                   criterion=st.session_state.get(CRITERION_KEY, defaults.criterion))

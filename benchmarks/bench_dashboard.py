@@ -17,6 +17,7 @@ as the dashboard caps them ($DYNAPRUNE_DASHBOARD_THREADS, default half the cores
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -25,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from analysis.dynamics.distances import dynamics_distances
+from analysis.dynamics.lds import fit_layer
+from analysis.dynamics.selection import final_norm_importance, select_units
 from analysis.errors import DynapruneError
 from analysis.exploration import group_by_labels, heatmap_order, heatmap_view, unit_status
-from analysis.dynamics.lds import fit_layer
 from analysis.lm.model import ModelConfig, load_model
-from analysis.pruning.preview import (limit_threads, load_validation_tokens, plan_footprint, unit_importance,
-                                      zero_shot_perplexity)
-from analysis.dynamics.selection import select_units
+from analysis.pruning.preview import limit_threads, load_validation_tokens, plan_footprint, zero_shot_perplexity
+from analysis.runs import BEST_MODEL_FILE
 from analysis.trajectories.trajectory import load_trajectory
 
 SELECTION_TARGET_S = 0.2
@@ -79,13 +80,13 @@ def bench_selection(H: int, repeats: int) -> None:
 
     for criterion in ("dynamics", "magnitude", "random"):
         slider_move(criterion)  # warm-up
-        seconds = median_seconds(lambda: slider_move(criterion), repeats)
+        seconds = median_seconds(functools.partial(slider_move, criterion), repeats)
         print(f"selection after a slider move, 2 layers x H={H}, {criterion:9s}: {seconds * 1e3:7.1f} ms "
               f"(ratio to the {SELECTION_TARGET_S * 1e3:.0f} ms target: {seconds / SELECTION_TARGET_S:.2f})")
 
 
 def bench_zero_shot(repeats: int) -> None:
-    samples = sorted(p for p in SAMPLES.iterdir() if (p / "best.pt").is_file()) if SAMPLES.is_dir() else []
+    samples = sorted(p for p in SAMPLES.iterdir() if (p / BEST_MODEL_FILE).is_file()) if SAMPLES.is_dir() else []
     if not samples:
         print(f"zero-shot perplexity: no embedded samples in {SAMPLES}; skipped")
     for sample in samples:
@@ -96,11 +97,11 @@ def bench_zero_shot(repeats: int) -> None:
             print(f"zero-shot perplexity, {sample.name}: skipped ({error})")
             continue
         trajectory = load_trajectory(sample)
-        importance = {layer: unit_importance(trajectory, layer) for layer in trajectory.layers}
+        importance = final_norm_importance(trajectory)
         distances = {layer: dynamics_distances(fit_layer(trajectory, layer)) for layer in trajectory.layers}
         plan = select_units(distances, ratio=0.5, criterion="dynamics", importance=importance)
         zero_shot_perplexity(model, plan, data.tokens)  # warm-up
-        seconds = median_seconds(lambda: zero_shot_perplexity(model, plan, data.tokens), repeats)
+        seconds = median_seconds(functools.partial(zero_shot_perplexity, model, plan, data.tokens), repeats)
         print(f"zero-shot perplexity, {sample.name} (hidden {model.config.hidden_sizes}, {data.tokens.numel():,} "
               f"tokens): {seconds:.2f} s (ratio to the {PERPLEXITY_TARGET_S:.0f} s target: "
               f"{seconds / PERPLEXITY_TARGET_S:.2f})")

@@ -82,7 +82,8 @@ def main() -> None:
     print(f"H={H} d={d} T={T} n={args.order}: dynamics_distances {fast_s:.3f} s for {all_pairs} pairs")
     print(f"per-pair subspace_angles reference: {per_pair_s * 1e3:.3f} ms/pair (+{build_s:.2f} s building O) "
           f"-> {reference_s:.1f} s for all pairs (extrapolated from {len(pairs)})")
-    print(f"speedup {result['speedup']}x (target >= 300x); max relative difference {relative.max():.2e} (target <= 1e-6)")
+    print(f"speedup {result['speedup']}x (target >= 300x); "
+          f"max relative difference {relative.max():.2e} (target <= 1e-6)")
     if args.json:
         print(json.dumps(result))
 

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 import analysis.utils.allocator as allocator
 from analysis.lm.corpora import Corpus, Vocabulary
 from analysis.lm.model import PRESETS, ModelConfig, RNNLanguageModel
-from analysis.pruning.regularization import DiscriminationAwareL2
-from analysis.pruning.surgery import prune_units
 from analysis.lm.training import TrainConfig, train_language_model
+from analysis.pruning.da_l2 import DiscriminationAwareL2
+from analysis.pruning.surgery import prune_units
 
 VOCAB = 10_000
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,8 @@ def step_seconds(run_dir: Path, corpus: Corpus, student, teacher, regularizer, t
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         return None if regularizer is None else regularizer.loss(context)
 
-    train_language_model(run_dir, corpus, None, config, initial_model=student, teacher=teacher, extra_loss=timed_loss,
+    train_language_model(run_dir, corpus=corpus, train_config=config, initial_model=student, teacher=teacher,
+                         extra_loss=timed_loss,
                          on_epoch_start=None if regularizer is None else regularizer.on_epoch_start,
                          overwrite=True, progress=False, evaluate_test=False, log=None)
     return median(np.diff(stamps[2:])), median(np.diff(faults[2:]))
@@ -129,8 +130,8 @@ def main() -> None:
 def bfloat16_target_error(tokens: int = 8_000) -> str:
     """How far the bfloat16 teacher's logits and soft targets softmax(z / 2) are from float32's, on
     the ptb-small sample model and the start of PTB's validation split (needs DYNAPRUNE_PTB_DIR)."""
-    from analysis.lm.corpora import batchify, load_corpus
     from analysis.errors import DynapruneError
+    from analysis.lm.corpora import batchify, load_corpus
     from analysis.lm.model import load_model
 
     try:
@@ -153,7 +154,7 @@ def bfloat16_target_error(tokens: int = 8_000) -> str:
 def extra_parts(teacher, student, regularizer, corpus, config, repeats: int, steps: int = 10) -> dict[str, float]:
     """Seconds per step of each addition to a plain step: teacher forward, distillation term, penalty."""
     from analysis.lm.corpora import batchify, get_batch
-    from analysis.pruning.regularization import distillation_kl, distillation_loss
+    from analysis.pruning.distillation import distillation_kl, distillation_loss
 
     inputs, _ = get_batch(batchify(corpus.train, config.batch_size), 0, config.bptt)
     teacher = teacher.eval()

@@ -21,14 +21,14 @@ import torch
 
 from analysis.lm.corpora import load_corpus
 from analysis.lm.model import PRESETS, ModelConfig
-from analysis.trajectories.trajectory import load_trajectory
 from analysis.lm.training import TrainConfig, resolve_record_every, train_language_model
+from analysis.trajectories.trajectory import load_trajectory
 
 
 def timed_run(run_dir: Path, corpus, model_config: ModelConfig, config: TrainConfig) -> float:
     started = time.perf_counter()
-    train_language_model(run_dir, corpus, model_config, config, overwrite=True, progress=False,
-                         evaluate_test=False, log=None)
+    train_language_model(run_dir, corpus=corpus, model_config=model_config, train_config=config, overwrite=True,
+                         progress=False, evaluate_test=False, log=None)
     return time.perf_counter() - started
 
 

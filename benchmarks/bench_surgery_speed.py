@@ -92,7 +92,8 @@ def main() -> None:
               f"hidden {model.config.hidden_sizes}   recurrent params {counts['recurrent']:,}")
     pruned_ratio = median(ratios["pruned (prune_units)"])
     masked_ratio = median(ratios["masked (torch prune)"])
-    print(f"pruned/dense speed ratio: {pruned_ratio:.3f} (target >= 1.8) {'OK' if pruned_ratio >= 1.8 else 'BELOW TARGET'}")
+    verdict = "OK" if pruned_ratio >= 1.8 else "BELOW TARGET"
+    print(f"pruned/dense speed ratio: {pruned_ratio:.3f} (target >= 1.8) {verdict}")
     print(f"masked/dense speed ratio: {masked_ratio:.3f} (expected about 1)")
 
 

@@ -4,8 +4,9 @@
 
 Trains (resumably: run it again after an interruption) the synthetic-tiny model on "synthetic:0"
 and the ptb-small model on Penn Treebank (the directory in DYNAPRUNE_PTB_DIR) inside the work
-directory, then copies into sample_checkpoints/<name>/: best.pt (model and vocabulary, no corpus
-text), trajectory/ (float16 snapshots), metrics.jsonl and run.json, and rewrites
+directory, then copies into sample_checkpoints/<name>/ the run's shareable files (analysis.runs: the
+best model with its vocabulary, no corpus text; the trajectory, float16 snapshots; the metrics and
+the run's description), and rewrites
 sample_checkpoints/README.md. Each sample is assembled in a temporary directory and renamed into
 place, so a sample directory is always complete. `--dry-run` exercises all of it in seconds,
 writing into <work-dir>/sample_checkpoints_dry instead.
@@ -26,19 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.lm.corpora import load_corpus  # noqa: E402
-from analysis.utils.fileio import atomic_write_text, read_json_lines  # noqa: E402
 from analysis.lm.model import PRESETS, ModelConfig  # noqa: E402
-from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
 from analysis.lm.training import TrainConfig, steps_per_epoch, train_language_model  # noqa: E402
+from analysis.runs import BEST_MODEL_FILE, MANIFEST_FILE, METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, read_run_metrics  # noqa: E402
+from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
+from analysis.utils.fileio import atomic_write_text  # noqa: E402
+from analysis.utils.progress import TerminalProgress  # noqa: E402
 
-# Snapshot counts keep both samples together under SIZE_BUDGET_MB: ptb-small's best.pt is about
+# Snapshot counts keep both samples together under SIZE_BUDGET_MB: ptb-small's best model is about
 # 18.6 MB and each float16 snapshot of its recurrent weights about 1.3 MB.
 SAMPLES = {
     "synthetic": {"preset": "synthetic-tiny", "data": "synthetic:0", "snapshots": 25},
     # one snapshot per epoch, plus step 0, recorded; the 13 epoch ends are kept (see install_sample)
     "ptb-small": {"preset": "ptb-small", "data": "ptb", "snapshots": 14, "keep_last": 13},
 }
-COPIED = ("best.pt", "metrics.jsonl", "run.json")
+COPIED = (BEST_MODEL_FILE, METRICS_FILE, RUN_FILE)
 SIZE_BUDGET_MB = 40.0
 DRY_RUN_SETTINGS = {"epochs": 2, "max_batches_per_epoch": 6, "max_eval_batches": 2, "log_interval": 2}
 
@@ -62,7 +65,8 @@ def train_sample(name: str, work_dir: Path, dry_run: bool, threads: int | None) 
           f"({total} steps, a snapshot every {config.record_every})", flush=True)
     if threads:
         torch.set_num_threads(threads)
-    train_language_model(run_dir, corpus, model_config, config, progress=sys.stderr.isatty())
+    train_language_model(run_dir, corpus=corpus, model_config=model_config, train_config=config,
+                         progress=TerminalProgress(unit="batch"))
     return run_dir
 
 
@@ -72,7 +76,7 @@ def keep_last_snapshots(trajectory_dir: Path, count: int) -> None:
     Dropping from the start keeps the snapshots evenly spaced in training steps, which the LDS fit
     assumes; for ptb-small it drops the random initialisation and keeps the size budget.
     """
-    manifest_path = trajectory_dir / "manifest.json"
+    manifest_path = trajectory_dir / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     dropped, manifest["entries"] = manifest["entries"][:-count], manifest["entries"][-count:]
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -87,10 +91,10 @@ def install_sample(run_dir: Path, destination: Path, keep_last: int | None = Non
     try:
         for name in COPIED:
             shutil.copy2(run_dir / name, staging / name)
-        shutil.copytree(run_dir / "trajectory", staging / "trajectory",
+        shutil.copytree(run_dir / TRAJECTORY_DIR, staging / TRAJECTORY_DIR,
                         ignore=shutil.ignore_patterns(".tmp-*"))
         if keep_last is not None:
-            keep_last_snapshots(staging / "trajectory", keep_last)
+            keep_last_snapshots(staging / TRAJECTORY_DIR, keep_last)
         load_trajectory(staging)  # refuse to install a trajectory that does not load
         staging.chmod(0o755)  # mkdtemp makes it private
         retired = destination.with_name(f".old-{destination.name}")
@@ -109,8 +113,8 @@ def size_mb(path: Path) -> float:
 
 
 def describe(name: str, sample_dir: Path) -> str:
-    run = json.loads((sample_dir / "run.json").read_text(encoding="utf-8"))
-    events = read_json_lines(sample_dir / "metrics.jsonl")
+    run = json.loads((sample_dir / RUN_FILE).read_text(encoding="utf-8"))
+    events = read_run_metrics(sample_dir)
     epochs = [e for e in events if e.get("event") == "epoch"]
     final = next((e for e in reversed(events) if e.get("event") == "final"), {})
     trajectory = load_trajectory(sample_dir)
@@ -138,7 +142,7 @@ def describe(name: str, sample_dir: Path) -> str:
 
 
 def write_readme(out_dir: Path) -> None:
-    present = [name for name in SAMPLES if (out_dir / name / "run.json").is_file()]
+    present = [name for name in SAMPLES if (out_dir / name / RUN_FILE).is_file()]
     total = sum(size_mb(out_dir / name) for name in present)
     text = "\n".join([
         "# Sample checkpoints", "",
@@ -146,10 +150,10 @@ def write_readme(out_dir: Path) -> None:
         "and the pruning pipeline can be tried without training first. Built by", "",
         "    python benchmarks/make_samples.py            # DYNAPRUNE_PTB_DIR must point at Penn Treebank", "",
         "which trains each model (resumably, in runs/samples/) and copies in its files. Every directory holds",
-        "`best.pt` (the best model by validation loss with its vocabulary; loads with",
-        "`torch.load(path, weights_only=True)` or `analysis.lm.model.load_model`), `trajectory/` (snapshots",
-        "recorded while training; `analysis.trajectories.trajectory.load_trajectory`), `metrics.jsonl` (per-epoch",
-        "perplexities) and `run.json` (the settings). No corpus text is included: the synthetic corpus is",
+        f"`{BEST_MODEL_FILE}` (the best model by validation loss with its vocabulary; loads with",
+        f"`torch.load(path, weights_only=True)` or `analysis.lm.model.load_model`), `{TRAJECTORY_DIR}/` (snapshots",
+        f"recorded while training; `analysis.trajectories.trajectory.load_trajectory`), `{METRICS_FILE}` (per-epoch",
+        f"perplexities) and `{RUN_FILE}` (the settings). No corpus text is included: the synthetic corpus is",
         "regenerated from its seed, and Penn Treebank comes from DYNAPRUNE_PTB_DIR.", "",
         "    dynaprune eval sample_checkpoints/synthetic --split test", "",
         *[describe(name, out_dir / name) for name in present],
@@ -164,7 +168,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SAMPLES), help="build just this sample")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "samples", help="where the runs train")
-    parser.add_argument("--out", type=Path, help="default: sample_checkpoints/ (dry run: <work-dir>/sample_checkpoints_dry)")
+    parser.add_argument("--out", type=Path,
+                        help="default: sample_checkpoints/ (dry run: <work-dir>/sample_checkpoints_dry)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--dry-run", action="store_true", help="a few batches only, to check the whole pipeline")
     args = parser.parse_args()

@@ -9,8 +9,9 @@
 Each row of the tables is one `dynaprune prune` run in <work-dir>/<corpus>/<row>-seed<k>: the
 dynamics, magnitude and random criteria at 30/50/70% with the full method (3 stages, distillation,
 discrimination-aware L2), at 50% the ablations one-shot, no distillation, plain L2 and no
-regularisation, and a control: nothing pruned, the same fine-tuning (does fine-tuning alone help?). A finished run is skipped and an interrupted one continues, so running the same
-command again resumes the whole table; SIGTERM stops it (exit status 143) after saving. --workers N runs N
+regularisation, and a control: nothing pruned, the same fine-tuning (does fine-tuning alone help?).
+A finished run is skipped and an interrupted one continues, so running the same command again
+resumes the whole table; SIGTERM stops it (exit status 143) after saving. --workers N runs N
 rows at a time (each with --threads torch threads). The
 document is rewritten from every finished run in the work directory, whichever part was run.
 
@@ -36,10 +37,13 @@ from statistics import mean
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.utils.fileio import atomic_write_text, read_json_lines  # noqa: E402
+from analysis.runs import PIPELINE_FILE, read_run_metrics  # noqa: E402
+from analysis.utils.fileio import atomic_write_text  # noqa: E402
 
-DEFAULT_SOURCES = {"synthetic": REPO / "sample_checkpoints" / "synthetic", "ptb": REPO / "sample_checkpoints" / "ptb-small"}
-CORPUS_TITLES = {"ptb": "Penn Treebank (ptb-small: 2 x 200 LSTM)", "synthetic": "Synthetic language (synthetic-tiny: 2 x 64 LSTM)"}
+DEFAULT_SOURCES = {"synthetic": REPO / "sample_checkpoints" / "synthetic",
+                   "ptb": REPO / "sample_checkpoints" / "ptb-small"}
+CORPUS_TITLES = {"ptb": "Penn Treebank (ptb-small: 2 x 200 LSTM)",
+                 "synthetic": "Synthetic language (synthetic-tiny: 2 x 64 LSTM)"}
 # Defaults of both tables; the strength of DA-L2 follows PipelineConfig's default unless --da-l2 is given.
 DEFAULT_EPOCHS_PER_STAGE = 2
 DEFAULT_LR_SCHEDULE = "cosine"  # dynaprune prune's default (PipelineConfig.lr_schedule)
@@ -76,7 +80,8 @@ ROWS = [Row(f"{criterion}-{int(ratio * 100)}", criterion, ratio)
 RUN_ORDER = ("dynamics-50", "magnitude-50", "random-50", "control-0", "no-regularization-50", "plain-l2-50",
              "no-distillation-50", "one-shot-50", "dynamics-30", "magnitude-30", "random-30",
              "dynamics-70", "magnitude-70", "random-70")
-ABLATIONS = ("one-shot-50", "no-distillation-50", "plain-l2-50", "no-regularization-50", "da-l2-1e-4-50", "da-l2-1e-3-50")
+ABLATIONS = ("one-shot-50", "no-distillation-50", "plain-l2-50", "no-regularization-50", "da-l2-1e-4-50",
+             "da-l2-1e-3-50")
 
 
 def rows_of(corpus: str) -> list[Row]:
@@ -111,7 +116,7 @@ def shown(command: list[str]) -> str:
 
 
 def finished(out: Path) -> dict | None:
-    return next((e for e in read_json_lines(out / "metrics.jsonl") if e.get("event") == "final"), None)
+    return next((e for e in read_run_metrics(out) if e.get("event") == "final"), None)
 
 
 def run_corpus(corpus: str, source: Path, args) -> int:
@@ -173,7 +178,7 @@ def collect(corpus: str, source: Path, args) -> dict:
         finals = []
         for seed in seeds_of(args, corpus, row):
             out = row_dir(args, corpus, row, seed)
-            events = read_json_lines(out / "metrics.jsonl")
+            events = read_run_metrics(out)
             final = next((e for e in events if e.get("event") == "final"), None)
             if final is not None:
                 wall = sum(e.get("wall_s", 0.0) for e in events if e.get("event") == "stage_end")
@@ -198,9 +203,9 @@ def collect(corpus: str, source: Path, args) -> dict:
 
 def run_settings(out: Path) -> tuple[int | None, str | None]:
     """The fine-tuning epochs per stage and rate schedule a run was started with (from its
-    pipeline.json; a run from before the schedule could be chosen used "step"), or Nones."""
+    description; a run from before the schedule could be chosen used "step"), or Nones."""
     try:
-        config = json.loads((out / "pipeline.json").read_text(encoding="utf-8"))["config"]
+        config = json.loads((out / PIPELINE_FILE).read_text(encoding="utf-8"))["config"]
         epochs, schedule = config["epochs_per_stage"], config.get("lr_schedule", "step")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None, None
@@ -240,8 +245,8 @@ def corpus_section(corpus: str, results: dict, args) -> list[str]:
         lines += ["No finished runs yet. Run `python benchmarks/results.py --only " + corpus + "`"
                   + (" (needs DYNAPRUNE_PTB_DIR)" if corpus == "ptb" else "") + ".", ""]
     oracle = baseline is not None and baseline.get("oracle_ppl") is not None
-    header = ("| row | criterion | ratio | variant | zero-shot valid ppl per cut | valid ppl | test ppl | test vs baseline "
-              "| recurrent params | total params |")
+    header = ("| row | criterion | ratio | variant | zero-shot valid ppl per cut | valid ppl | test ppl "
+              "| test vs baseline | recurrent params | total params |")
     rule = "|---|---|---|---|---|---|---|---|---|---|"
     if oracle:
         header, rule = header + " oracle test ppl |", rule + "---|"
@@ -261,7 +266,8 @@ def corpus_section(corpus: str, results: dict, args) -> list[str]:
         cells = [row.name, row.criterion, f"{row.ratio:g}", row.variant, zero_shot,
                  summarise([f["val_ppl"] for f in finals]),
                  summarise(tests), change(mean(tests) if tests else None, base_test),
-                 str(finals[0]["params_recurrent"]) if finals else "—", str(finals[0]["params_total"]) if finals else "—"]
+                 str(finals[0]["params_recurrent"]) if finals else "—",
+                 str(finals[0]["params_total"]) if finals else "—"]
         if oracle:
             cells.append(f"{finals[0]['test_oracle_ppl']:.2f}" if finals else "—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -289,8 +295,8 @@ def goal_lines(results: dict, base_test: float | None) -> list[str]:
     gain = 1 - full / base_test
     verdict = "met" if gain >= GOAL_IMPROVEMENT else "not met"
     direction = "better" if gain >= 0 else "worse"
-    lines.append(f"- full method, dynamics criterion, 50%: test perplexity {full:.2f} against {base_test:.2f} unpruned, "
-                 f"{abs(gain) * 100:.2f}% {direction} (goal: at least 0.62% better): **{verdict}**.")
+    lines.append(f"- full method, dynamics criterion, 50%: test perplexity {full:.2f} against {base_test:.2f} "
+                 f"unpruned, {abs(gain) * 100:.2f}% {direction} (goal: at least 0.62% better): **{verdict}**.")
     control = tests.get("control-0")
     if control is not None:
         lines.append(f"- control, the unpruned model fine-tuned the same way: test perplexity {control:.2f} "
@@ -327,11 +333,12 @@ def write_document(path: Path, sections: list[list[str]], summary: list[str], ar
              "fraction of every layer's hidden units and fine-tunes. *Full method*: 3 stages (ratios "
              "1 - (1 - r)^(s/3)), each fine-tuned (for the epochs given under each corpus) "
              "with cross-entropy, distillation from the previous stage (alpha 0.5, "
-             "tau 2) and discrimination-aware L2, units chosen by the criterion named. Perplexities are word-level over "
-             "the whole split (batch 10, bptt 35); the test perplexity is that of the model with the best validation "
-             "perplexity of the last stage. \"test vs baseline\" is the relative change of test perplexity: negative "
-             "is better. \"zero-shot valid ppl per cut\" is the validation perplexity right after each cut, before "
-             "fine-tuning: it shows how well the criterion chose, before fine-tuning evens things out.", "",
+             "tau 2) and discrimination-aware L2, units chosen by the criterion named. Perplexities are word-level "
+             "over the whole split (batch 10, bptt 35); the test perplexity is that of the model with the best "
+             "validation perplexity of the last stage. \"test vs baseline\" is the relative change of test "
+             "perplexity: negative is better. \"zero-shot valid ppl per cut\" is the validation perplexity right "
+             "after each cut, before fine-tuning: it shows how well the criterion chose, before fine-tuning evens "
+             "things out.", "",
              "Goal (the published claim, METHOD.md): at 50% the full method's test perplexity is at least 0.62% better "
              "than the unpruned model's, and the dynamics criterion beats magnitude and random at the same ratio and "
              "fine-tuning budget.", "",
@@ -367,7 +374,8 @@ NOTES = [
     "than that range are not evidence either way. On ptb-small the seed changes only the random criterion's "
     "choice: the model has no dropout, batches come in order and the importances' calibration batches are fixed, "
     "so a dynamics or magnitude row comes out the same for every seed (with the step schedule the one-shot row and "
-    "the rate probe at X = 10, the same command run twice, gave the same perplexities to the last digit). How much a small perturbation moves a row: dynamics-50 run with the "
+    "the rate probe at X = 10, the same command run twice, gave the same perplexities to the last digit). "
+    "How much a small perturbation moves a row: dynamics-50 run with the "
     "teacher's output layer in bfloat16 (`--teacher-precision bfloat16`, soft targets within about 1e-5 nats of "
     "float32's) chose partly other units in stages 2 and 3 and ended at test perplexity 110.80 instead of 109.83 "
     "(+0.9%). Differences between criteria of that size are within what such perturbations do; their order on PTB "
@@ -412,7 +420,8 @@ def main() -> int:
     if args.quick:
         args.work_dir = args.work_dir / "quick"
     args.work_dir = args.work_dir.resolve()
-    args.work_dir_shown = str(args.work_dir.relative_to(REPO)) if args.work_dir.is_relative_to(REPO) else str(args.work_dir)
+    shown = args.work_dir.relative_to(REPO) if args.work_dir.is_relative_to(REPO) else args.work_dir
+    args.work_dir_shown = str(shown)
     output = args.output or (args.work_dir / "results-quick.md" if args.quick else REPO / "docs" / "results.md")
     sources = {"synthetic": args.synthetic_source.resolve(), "ptb": args.ptb_source.resolve()}
 

@@ -25,7 +25,9 @@ sys.path.insert(0, str(REPO))
 
 from analysis.lm.corpora import load_corpus  # noqa: E402
 from analysis.lm.evaluation import evaluate  # noqa: E402
-from analysis.pruning.pipeline import PipelineConfig, choose_units, resolve_source  # noqa: E402
+from analysis.pruning.config import PipelineConfig  # noqa: E402
+from analysis.pruning.source import resolve_source  # noqa: E402
+from analysis.pruning.stages import choose_units  # noqa: E402
 from analysis.pruning.surgery import prune_units  # noqa: E402
 
 

@@ -4,12 +4,12 @@ import json
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO_ROOT
+
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-REPO = Path(__file__).resolve().parents[1]
 
 # A fresh process fine-tunes a 2 x 100 student of a 2 x 200 teacher with a 10,000-word vocabulary,
 # as in benchmarks/bench_finetune_step.py, and prints the page faults of each step after the first.
@@ -39,19 +39,20 @@ def count(context):
 config = TrainConfig(epochs=1, lr=1.0, bptt=20, batch_size=20, max_batches_per_epoch=12, max_eval_batches=1,
                      record_every=0)
 with tempfile.TemporaryDirectory() as work:
-    train_language_model(Path(work) / "run", corpus, None, config, initial_model=student, teacher=teacher,
+    train_language_model(Path(work) / "run", corpus=corpus, train_config=config, initial_model=student, teacher=teacher,
                          extra_loss=count, progress=False, evaluate_test=False, log=None)
 print(json.dumps(np.diff(faults[1:]).tolist()))
 """
 
 
 def step_faults(mode: str) -> list[int]:
-    done = subprocess.run([sys.executable, "-c", DISTILLATION_STEPS, mode], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=True)
+    done = subprocess.run([sys.executable, "-c", DISTILLATION_STEPS, mode], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning applies to glibc's malloc only")
+@pytest.mark.slow  # fine-tunes in two subprocesses
 def test_distillation_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     tuned = sorted(step_faults("tuned"))
     untuned = sorted(step_faults("untuned"))

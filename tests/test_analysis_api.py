@@ -1,5 +1,6 @@
 """The public analysis API end to end: record a real training loop, load it, fit, measure, select."""
 import numpy as np
+import pytest
 import torch
 
 import analysis
@@ -22,6 +23,7 @@ def record_tiny_training(out_dir, steps=11):
     return model
 
 
+@pytest.mark.slow  # trains a model
 def test_record_fit_measure_select_end_to_end(tmp_path):
     model = record_tiny_training(tmp_path / "run")
     trajectory = load_trajectory(tmp_path / "run")
@@ -44,3 +46,35 @@ def test_record_fit_measure_select_end_to_end(tmp_path):
     plan = select_units(distances, ratio=0.25, criterion="dynamics", importance=norms)
     assert {layer: len(p) for layer, p in plan.pruned.items()} == {"l0": 2, "l1": 2}
     assert isinstance(plan, analysis.PruningPlan)
+
+
+@pytest.mark.slow  # more than 2 s
+def test_fit_trajectory_fits_and_measures_every_layer_in_one_call(tmp_path):
+    record_tiny_training(tmp_path / "run")
+    trajectory = load_trajectory(tmp_path / "run")
+    heard = []
+    dynamics = analysis.fit_trajectory(trajectory, order=3, progress=heard.append)
+    assert list(dynamics) == ["l0", "l1"]
+    for layer, result in dynamics.items():
+        assert isinstance(result, analysis.LayerDynamics)
+        separate = fit_layer(trajectory, layer, order=3)
+        np.testing.assert_array_equal(result.fit.A, separate.A)
+        np.testing.assert_array_equal(result.distances, dynamics_distances(separate))
+    # one update per block, naming the layer; the last one of a layer says it is done
+    assert [(u.task, u.done, u.total) for u in heard] == [("l0", 8, 8), ("l1", 8, 8)]
+    assert all(isinstance(u, analysis.ProgressUpdate) for u in heard)
+    only = analysis.fit_trajectory(trajectory, order=3, horizon=4, layers=["l1"])
+    assert list(only) == ["l1"]
+    np.testing.assert_array_equal(only["l1"].distances, dynamics_distances(dynamics["l1"].fit, horizon=4))
+    with pytest.raises(analysis.InvalidInputError, match="no layer"):
+        analysis.fit_trajectory(trajectory, layers=["l7"])
+
+
+def test_the_default_importance_comes_from_the_package_and_feeds_select_units(tmp_path):
+    record_tiny_training(tmp_path / "run")
+    trajectory = load_trajectory(tmp_path / "run")
+    importance = analysis.final_norm_importance(trajectory)
+    plan = select_units({layer: None for layer in trajectory.layers}, ratio=0.25, criterion="magnitude",
+                        importance=importance)
+    assert {layer: len(p) for layer, p in plan.pruned.items()} == {"l0": 2, "l1": 2}
+    assert {"final_norm_importance", "fit_trajectory", "LayerDynamics", "ProgressUpdate"} <= set(analysis.__all__)

@@ -8,6 +8,7 @@ one (a few seconds of training on a small synthetic corpus).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -16,52 +17,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from analysis import jobs
+from analysis.cli.prune import config_of_job
 from analysis.errors import InvalidInputError
 from analysis.lm.model import ModelConfig, RNNLanguageModel, save_model
+from analysis.pruning.config import PipelineConfig
 from analysis.trajectories.recorder import TrajectoryRecorder
+from tests.conftest import EMBEDDED_SAMPLES, REPO_ROOT
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-MAIN = str(ROOT / "app" / "main.py")
+MAIN = str(REPO_ROOT / "app" / "main.py")
 PAGES = ["views/data.py", "views/trajectories.py", "views/dynamics.py", "views/prune.py", "views/finetune.py",
          "views/compare.py", "views/learn.py"]
 TIMEOUT_S = 60
-TINY_DATA = "synthetic:0:train=6000,valid=1500,test=500,states=8,words=60"
-
-
-def build_tiny_sample(run_dir: Path) -> None:
-    from analysis.lm.corpora import load_corpus
-    from analysis.lm.training import TrainConfig, train_language_model
-
-    corpus = load_corpus(TINY_DATA)
-    config = ModelConfig(vocab_size=len(corpus.vocab), embedding_size=8, hidden_sizes=[12, 10])
-    training = TrainConfig(epochs=3, lr=1.0, bptt=10, batch_size=10, max_batches_per_epoch=12, record_every=3,
-                           log_interval=100)
-    train_language_model(run_dir, corpus, config, training, progress=False, evaluate_test=False, log=None)
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory) -> Path:
-    embedded = ROOT / "sample_checkpoints"
-    if (embedded / "synthetic" / "best.pt").is_file() and (embedded / "synthetic" / "trajectory").is_dir():
-        return embedded
-    root = tmp_path_factory.mktemp("samples")
-    with threadpool_limits(limits=1):
-        build_tiny_sample(root / "synthetic")
-    return root
-
-
 
 
 @pytest.fixture()
-def env(samples, tmp_path, monkeypatch):
+def env(samples, jobs_home, tmp_path, monkeypatch):
     monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
     monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
     return tmp_path
 
@@ -98,8 +74,8 @@ WIDGETS = {
     "views/trajectories.py": ["traj_layer", "traj_units", "traj_dims", "traj_snapshot", "traj_which"],
     "views/dynamics.py": ["dyn_layer", "dyn_order", "dyn_horizon", "dyn_clusters", "dyn_unit", "dyn_neighbours"],
     "views/prune.py": ["prune_ratio_slider", "prune_criterion_select", "prune_per_layer", "prune_layer"],
-    "views/finetune.py": ["ft_ratio", "ft_criterion", "ft_stages", "ft_epochs", "ft_da_l2", "ft_lr_schedule",
-                          "ft_kd_alpha", "ft_kd_tau", "ft_teacher_precision", "ft_name"],
+    # one widget per pipeline option, keyed ft_<option>, so none is out of the form's reach
+    "views/finetune.py": [f"ft_{field.name}" for field in dataclasses.fields(PipelineConfig)] + ["ft_name"],
     "views/compare.py": [],
     "views/learn.py": ["learn_ratio", "learn_stages"],
 }
@@ -151,6 +127,7 @@ def test_moving_the_ratio_slider_changes_the_pruned_units_and_figures(env):
     assert metric(app, "Zero-shot validation perplexity") != perplexity_before
 
 
+@pytest.mark.slow  # more than 2 s
 def test_the_ratio_curve_is_computed_on_request(env):
     app = open_page("views/prune.py")
     app.button(key="prune_curve_button").click().run()
@@ -159,6 +136,7 @@ def test_the_ratio_curve_is_computed_on_request(env):
     assert {trace["name"] for trace in curve["data"]} == {"dynamics", "magnitude", "random"}
 
 
+@pytest.mark.slow  # more than 2 s
 def test_dynamics_controls_change_the_fit_and_neighbours(env):
     app = open_page("views/dynamics.py")
     variance_before = metric(app, "Median explained variance")
@@ -172,12 +150,13 @@ def test_dynamics_controls_change_the_fit_and_neighbours(env):
     assert not app.exception
 
 
+@pytest.mark.slow  # starts a background job
 def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
     app = open_page("views/finetune.py")
     app.text_input(key="ft_name").set_value("from-the-test")
-    app.number_input(key="ft_epochs").set_value(1)
+    app.number_input(key="ft_epochs_per_stage").set_value(1)
     app.checkbox(key="ft_dry_run").check()
-    app.radio(key="ft_regularization").set_value("plain L2")
+    app.radio(key="ft_regularization").set_value("l2")
     app.radio(key="ft_lr_schedule").set_value("step")
     app.selectbox(key="ft_teacher_precision").set_value("bfloat16")
     submit = next(b for b in app.button if "Start" in b.label)
@@ -188,20 +167,50 @@ def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
         assert len(created) == 1
         job = created[0]
         assert job.args[0] == "prune" and job.out_dir == str(env / "runs" / "from-the-test")
-        assert job.args[job.args.index("--epochs-per-stage") + 1] == "1"
-        assert "--dry-run" in job.args and "--plain-l2" in job.args and "--one-shot" not in job.args
-        assert job.args[job.args.index("--lr-schedule") + 1] == "step"
-        assert job.args[job.args.index("--teacher-precision") + 1] == "bfloat16"
+        config = config_of_job(job.args)
+        assert config.epochs_per_stage == 1 and config.dry_run and config.regularization == "l2"
+        assert config.lr_schedule == "step" and config.teacher_precision == "bfloat16" and config.stages == 3
         assert job.args[job.args.index("--from") + 1] == str(samples / "synthetic")
         assert any(job.id in message.value for message in app.success)
         assert job.id in set(app.dataframe[0].value["job"])
     finally:
-        for job in jobs.list_jobs():
-            if not job.finished:
-                jobs.cancel(job.id, kill_timeout_s=5)
-                jobs.wait(job.id, timeout_s=30)
+        stop_jobs()
 
 
+def stop_jobs() -> None:
+    for job in jobs.list_jobs():
+        if not job.finished:
+            jobs.cancel(job.id, kill_timeout_s=5)
+            jobs.wait(job.id, timeout_s=30)
+
+
+@pytest.mark.slow  # starts a background job
+def test_a_fine_tune_job_runs_what_the_dynamics_and_prune_pages_previewed(env):
+    app = open_page("views/dynamics.py")
+    app.slider(key="dyn_order").set_value(2).run()
+    app.radio(key="dyn_horizon").set_value("custom").run()
+    app.number_input(key="dyn_horizon_m").set_value(7).run()
+    app.switch_page("views/prune.py").run()
+    app.selectbox(key="prune_criterion_select").set_value("magnitude").run()
+    app.toggle(key="prune_per_layer").set_value(True).run()
+    app.slider(key="prune_ratio_rnns.1.l0").set_value(0.2).run()
+    assert not app.exception, [e.value for e in app.exception]
+    app.switch_page("views/finetune.py").run()
+    app.text_input(key="ft_name").set_value("previewed")
+    app.checkbox(key="ft_dry_run").check()
+    next(b for b in app.button if "Start" in b.label).click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    try:
+        (job,) = jobs.list_jobs()
+        config = config_of_job(job.args)
+        assert config.lds_order == 2 and config.horizon == 7 and config.criterion == "magnitude"
+        assert config.ratio == pytest.approx({"rnns.0.l0": 0.5, "rnns.1.l0": 0.2})
+        assert "--lds-order" in job.args and "rnns.1.l0=0.2" in job.args[job.args.index("--ratio") + 1]
+    finally:
+        stop_jobs()
+
+
+@pytest.mark.slow  # starts a background job
 def test_jobs_of_earlier_sessions_appear_with_their_true_state(env):
     earlier = jobs.submit(["jobs", "list", "--json"], label="an earlier session's job")
     jobs.wait(earlier.id, timeout_s=60)
@@ -279,11 +288,10 @@ def test_an_uploaded_archive_is_checked_and_unpacked_in_its_folder(env, samples,
     assert not (tmp_path / "uploads" / "escape.pt").exists() and not (tmp_path / "escape.pt").exists()
 
 
-def test_a_trajectory_without_a_model_still_explores_and_prunes(samples, tmp_path, monkeypatch):
+def test_a_trajectory_without_a_model_still_explores_and_prunes(samples, jobs_home, tmp_path, monkeypatch):
     bare = tmp_path / "bare-samples" / "synthetic"
     shutil.copytree(samples / "synthetic" / "trajectory", bare / "trajectory")
     monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(bare.parent))
-    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
     app = open_page("views/prune.py")
     assert int(metric(app, "Units pruned in all")) > 0
     assert any("No model next to this trajectory" in message.value for message in app.info)
@@ -293,7 +301,7 @@ def test_a_trajectory_without_a_model_still_explores_and_prunes(samples, tmp_pat
     assert not app.get("form")
 
 
-def test_a_diverged_snapshot_is_reported_not_raised(tmp_path, monkeypatch):
+def test_a_diverged_snapshot_is_reported_not_raised(jobs_home, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = RNNLanguageModel(ModelConfig(vocab_size=12, embedding_size=4, hidden_sizes=[5]))
     recorder = TrajectoryRecorder(model, tmp_path / "samples" / "synthetic" / "trajectory")
@@ -303,15 +311,15 @@ def test_a_diverged_snapshot_is_reported_not_raised(tmp_path, monkeypatch):
                 model.rnns[0].weight_hh_l0[0, 0] = float("nan")
         recorder.record(step)
     monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(tmp_path / "samples"))
-    monkeypatch.setenv("DYNAPRUNE_HOME", str(tmp_path / "home"))
     app = open_page("views/trajectories.py")
     assert any("NaN" in message.value and "diverged" in message.value for message in app.error)
 
 
-EMBEDDED = sorted(p.name for p in (ROOT / "sample_checkpoints").glob("*") if (p / "trajectory").is_dir())
+EMBEDDED = sorted(p.name for p in EMBEDDED_SAMPLES.glob("*") if (p / "trajectory").is_dir())
 
 
 @pytest.mark.parametrize("name", EMBEDDED or ["synthetic"])
+@pytest.mark.slow  # more than 2 s
 def test_each_embedded_sample_can_be_chosen_and_pruned(env, samples, name):
     app = open_page("views/data.py")
     app.selectbox(key="data_sample").select(samples / name).run()

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from analysis import jobs
+from tests.conftest import REPO_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = Path(os.environ.get("DYNAPRUNE_SCREENSHOTS") or Path(os.environ.get("TMPDIR", "/tmp")) / "dynaprune-screenshots")
+SCREENSHOTS = Path(os.environ.get("DYNAPRUNE_SCREENSHOTS")
+                   or Path(os.environ.get("TMPDIR", "/tmp")) / "dynaprune-screenshots")
 SERVER_START_S = 90
 PAGE_S = 60
 FINE_TUNE_S = 600
@@ -52,18 +53,6 @@ def prune_command_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory) -> Path:
-    embedded = ROOT / "sample_checkpoints"
-    if (embedded / "synthetic" / "best.pt").is_file():
-        return embedded
-    from tests.test_app import build_tiny_sample
-
-    root = tmp_path_factory.mktemp("samples")
-    build_tiny_sample(root / "synthetic")
-    return root
-
-
-@pytest.fixture(scope="module")
 def server(samples, tmp_path_factory):
     """`streamlit run app/main.py` on a free local port, with its own runs folder and jobs home."""
     work = tmp_path_factory.mktemp("dashboard")
@@ -73,7 +62,7 @@ def server(samples, tmp_path_factory):
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = open(work / "streamlit.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--client.toolbarMode", "minimal"],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

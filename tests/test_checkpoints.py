@@ -11,13 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from analysis.trajectories.checkpoints import (
-    extract_checkpoint_archive,
-    find_recurrent_layers,
-    load_state_dict,
-    read_safetensors_shapes,
-)
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
+from analysis.trajectories.archives import extract_checkpoint_archive
+from analysis.trajectories.checkpoints import load_state_dict, read_safetensors_shapes
+from analysis.trajectories.layers import find_recurrent_layers
 from analysis.trajectories.trajectory import load_trajectory
 
 

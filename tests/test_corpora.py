@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from analysis.lm.corpora import (EOS, UNK, Corpus, Vocabulary, batchify, get_batch, load_corpus, load_text_dir,
-                              unigram_perplexity)
 from analysis.errors import InvalidInputError
+from analysis.lm.corpora import (
+    EOS,
+    UNK,
+    Corpus,
+    Vocabulary,
+    batchify,
+    get_batch,
+    load_corpus,
+    load_text_dir,
+    unigram_perplexity,
+)
 
 
 def write_splits(directory: Path, names: dict[str, str], texts: dict[str, str]) -> Path:
@@ -77,7 +85,8 @@ def test_get_batch_target_is_input_shifted_by_one():
 
 
 def test_text_dir_builds_vocab_from_train_and_maps_unknown_words_to_unk(tmp_path):
-    directory = write_splits(tmp_path / "plain", {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}, TEXTS)
+    directory = write_splits(tmp_path / "plain", {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
+                             TEXTS)
     corpus = load_corpus(f"text:{directory}")
     assert corpus.source == f"text:{directory}"
     assert corpus.vocab.itos == ["the", "cat", "sat", EOS, "dog", "ran", UNK]
@@ -108,7 +117,8 @@ def test_text_dir_errors_name_the_directory(tmp_path):
         load_corpus(f"text:{partial}")
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_corpus(f"text:{tmp_path / 'nowhere'}")
-    empty = write_splits(tmp_path / "empty", {s: f"{s}.txt" for s in TEXTS}, {"train": "\n\n", "valid": "a\n", "test": "a\n"})
+    empty = write_splits(tmp_path / "empty", {s: f"{s}.txt" for s in TEXTS},
+                         {"train": "\n\n", "valid": "a\n", "test": "a\n"})
     with pytest.raises(InvalidInputError, match="no words"):
         load_corpus(f"text:{empty}")
 
@@ -140,14 +150,6 @@ def test_synthetic_spec_is_remembered_and_reproduces_the_corpus():
 def test_unigram_perplexity_of_uniform_stream_is_vocab_size():
     stream = torch.arange(10).repeat(50)
     assert unigram_perplexity(stream, stream, 10) == pytest.approx(10.0)
-
-
-@pytest.fixture
-def ptb_dir() -> Path:
-    directory = os.environ.get("DYNAPRUNE_PTB_DIR")
-    if not directory:
-        pytest.skip("DYNAPRUNE_PTB_DIR is not set; point it at Mikolov's ptb.{train,valid,test}.txt")
-    return Path(directory)
 
 
 def test_ptb_has_the_published_vocabulary_and_token_counts(ptb_dir):

@@ -1,15 +1,15 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
 from sklearn.metrics import adjusted_rand_score
 
-from analysis.dynamics.distances import (COS2_FLOOR, STABILISED_RADIUS, dynamics_distances, observability_matrix,
-                                reference_distance)
-from analysis.errors import InvalidInputError
+from analysis.dynamics.distances import COS2_FLOOR, dynamics_distances, observability_matrix, reference_distance
 from analysis.dynamics.lds import LDSFit, fit_lds
-from analysis.dynamics.selection import cluster_units
+from analysis.dynamics.criteria import cluster_units
+from analysis.errors import InvalidInputError
 from tests.lds_families import lds_family_trajectories, random_stable_transition
 
 
@@ -86,7 +86,8 @@ def test_infinite_horizon_matches_the_stein_equation_solution():
 
     for i, j in [(0, 1), (0, 2), (1, 2)]:
         P = gramian(i, j)
-        expected = np.log(np.linalg.det(gramian(i, i))) + np.log(np.linalg.det(gramian(j, j))) - 2 * np.log(abs(np.linalg.det(P)))
+        expected = (np.log(np.linalg.det(gramian(i, i))) + np.log(np.linalg.det(gramian(j, j)))
+                    - 2 * np.log(abs(np.linalg.det(P))))
         assert D[i, j] ** 2 == pytest.approx(expected, rel=1e-8)
 
 
@@ -101,7 +102,14 @@ def test_unstable_transitions_stay_finite_and_are_stabilised_for_infinite_horizo
     with pytest.warns(RuntimeWarning, match="spectral radius >= 1"):
         infinite = dynamics_distances(fit, horizon=math.inf)
     assert np.isfinite(infinite).all() and (infinite >= 0).all()
-    assert STABILISED_RADIUS < 1
+    # the same as scaling each unstable A to the documented radius 0.99 by hand: stable, no warning
+    radius = np.abs(np.linalg.eigvals(A)).max(axis=1)
+    assert (radius >= 1).sum() >= 2
+    by_hand = A * np.where(radius >= 1, 0.99 / radius, 1.0)[:, None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected = dynamics_distances(LDSFit.from_matrices(by_hand, C, n_snapshots=200), horizon=math.inf)
+    np.testing.assert_allclose(infinite, expected, rtol=1e-7, atol=1e-9)
 
 
 def test_orthogonal_subspaces_get_the_documented_finite_cap():

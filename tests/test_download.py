@@ -7,15 +7,19 @@ import http.server
 import os
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
 import analysis.lm.download as download
-from analysis.lm.corpora import load_corpus
-from analysis.lm.download import (ChecksumMismatchError, DownloadError, download_ptb, download_verified,
-                               ptb_files_verified)
 from analysis.errors import DynapruneError, InvalidInputError
+from analysis.lm.corpora import load_corpus
+from analysis.lm.download import (
+    ChecksumMismatchError,
+    DownloadError,
+    download_ptb,
+    download_verified,
+    ptb_files_verified,
+)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -122,13 +126,10 @@ def test_download_ptb_rejects_files_that_are_not_the_published_ones(served, tmp_
     assert issubclass(ChecksumMismatchError, DynapruneError)
 
 
-def test_download_ptb_fetches_verified_files_and_load_corpus_uses_them(served, tmp_path, monkeypatch):
-    ptb_dir = os.environ.get("DYNAPRUNE_PTB_DIR")
-    if not ptb_dir:
-        pytest.skip("DYNAPRUNE_PTB_DIR is not set; the real PTB files are needed to match the published checksums")
+def test_download_ptb_fetches_verified_files_and_load_corpus_uses_them(served, ptb_dir, tmp_path, monkeypatch):
     root, base = served
     for name in download.PTB_SHA256:
-        (root / name).write_bytes((Path(ptb_dir) / name).read_bytes())
+        (root / name).write_bytes((ptb_dir / name).read_bytes())
     cache = tmp_path / "cache"
     monkeypatch.delenv("DYNAPRUNE_PTB_DIR")
     monkeypatch.setattr(download, "PTB_BASE_URL", base)
@@ -155,15 +156,12 @@ def test_download_command_refuses_a_corrupted_mirror_and_leaves_nothing(served, 
     assert not target.exists() or list(target.iterdir()) == []
 
 
-def test_download_command_fetches_a_verified_copy(served, tmp_path, capsys):
+def test_download_command_fetches_a_verified_copy(served, ptb_dir, tmp_path, capsys):
     from analysis.cli import main
 
-    source = os.environ.get("DYNAPRUNE_PTB_DIR")
-    if not source:
-        pytest.skip("DYNAPRUNE_PTB_DIR is not set; the real PTB files are needed to match the published checksums")
     root, base = served
     for name in download.PTB_SHA256:
-        (root / name).write_bytes((Path(source) / name).read_bytes())
+        (root / name).write_bytes((ptb_dir / name).read_bytes())
     target = tmp_path / "ptb"
     assert main(["download-ptb", "--to", str(target), "--mirror", base]) == 0
     assert ptb_files_verified(target)

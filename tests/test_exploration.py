@@ -1,22 +1,38 @@
 """Tests of analysis.exploration: the numbers behind the dashboard's exploration pages."""
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from analysis import exploration
-from analysis.errors import InvalidInputError
-from analysis.exploration import (PCAPaths, downsample_matrix, find_runs, fit_quality_table, gate_names, gate_norms,
-                                  group_by_labels,
-                                  heatmap_order, mds_embedding, nearest_neighbours, norm_bands, ordered_matrix,
-                                  pca_paths, pipeline_curve, pipeline_table, positions_in_order, read_run_metrics,
-                                  reference_lines, run_kind, training_curve, transition_eigenvalues, unit_circle,
-                                  unit_norm_paths, unit_status)
 from analysis.dynamics.lds import LDSFit, fit_lds
+from analysis.dynamics.criteria import cluster_units
+from analysis.errors import InvalidInputError
+from analysis.exploration import (
+    PCAPaths,
+    downsample_matrix,
+    fit_quality_table,
+    gate_names,
+    gate_norms,
+    group_by_labels,
+    heatmap_order,
+    mds_embedding,
+    nearest_neighbours,
+    norm_bands,
+    ordered_matrix,
+    pca_paths,
+    pipeline_curve,
+    pipeline_table,
+    positions_in_order,
+    reference_lines,
+    training_curve,
+    transition_eigenvalues,
+    unit_circle,
+    unit_norm_paths,
+    unit_status,
+)
 from analysis.lm.model import ModelConfig, RNNLanguageModel
 from analysis.trajectories.recorder import TrajectoryRecorder
-from analysis.dynamics.selection import cluster_units
 from analysis.trajectories.trajectory import load_trajectory
 
 
@@ -269,20 +285,6 @@ def test_reference_lines_and_training_curve():
               {"event": "epoch", "epoch": 2, "val_ppl": 80.0}]
     assert training_curve(events)["val_ppl"].tolist() == [90.0, 80.0]
     assert reference_lines(events) == {"oracle": 40.0}
-
-
-def test_finding_runs_and_reading_their_metrics(tmp_path):
-    pipeline, training, other = tmp_path / "p", tmp_path / "t", tmp_path / "x"
-    for folder in (pipeline, training, other):
-        folder.mkdir()
-    (pipeline / "pipeline.json").write_text(json.dumps({"ratio": 0.5}))
-    (training / "run.json").write_text("{}")
-    lines = [json.dumps(e) for e in PIPELINE_EVENTS[:3]] + ['{"event": "epoch", "val']  # a torn last line
-    (pipeline / "metrics.jsonl").write_text("\n".join(lines))
-    assert run_kind(pipeline) == "pipeline" and run_kind(training) == "training" and run_kind(other) is None
-    assert sorted(p.name for p in find_runs(tmp_path)) == ["p", "t"]
-    assert find_runs(tmp_path / "missing") == []
-    assert len(read_run_metrics(pipeline)) == 3
 
 
 def test_pca_paths_of_units_that_never_move_are_all_zero():

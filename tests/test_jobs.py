@@ -43,16 +43,6 @@ def train_available() -> bool:
 needs_train = pytest.mark.skipif(not train_available(), reason="the train command is not registered")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("DYNAPRUNE_HOME", str(home))
-    monkeypatch.delenv("DYNAPRUNE_MAX_JOBS", raising=False)
-    # One thread per command: the jobs run side by side with the test on a small machine.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return home
-
-
 def until(predicate, what: str, timeout_s: float = WAIT_S):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -92,8 +82,9 @@ def cli(*args: str) -> int:
     return main(list(args))
 
 
-def test_jobs_succeed_one_after_another_in_submission_order_with_output_logged(home):
-    with occupied_slot(home):
+@pytest.mark.slow  # starts processes
+def test_jobs_succeed_one_after_another_in_submission_order_with_output_logged(jobs_home):
+    with occupied_slot(jobs_home):
         first = jobs.submit(SHORT_COMMAND, max_jobs=1, label="listing")
         second = jobs.submit(SHORT_COMMAND, max_jobs=1)
         assert jobs.JOB_ID_PATTERN.fullmatch(first.id) and first.label == "listing"
@@ -114,7 +105,7 @@ def test_jobs_succeed_one_after_another_in_submission_order_with_output_logged(h
     until(lambda: pid_gone(second.supervisor_pid), "the supervisor to exit after the final status")
 
 
-def test_limit_comes_from_the_environment(home, monkeypatch):
+def test_limit_comes_from_the_environment(jobs_home, monkeypatch):
     monkeypatch.setenv("DYNAPRUNE_MAX_JOBS", "2")
     assert jobs.resolve_max_jobs() == 2
     assert jobs.resolve_max_jobs(3) == 3
@@ -125,9 +116,10 @@ def test_limit_comes_from_the_environment(home, monkeypatch):
         jobs.resolve_max_jobs(0)
 
 
-def test_job_outlives_the_process_that_submitted_it(home):
+@pytest.mark.slow  # starts processes
+def test_job_outlives_the_process_that_submitted_it(jobs_home):
     submit_and_exit = f"from analysis import jobs; print(jobs.submit({SHORT_COMMAND!r}).id)"
-    with occupied_slot(home):
+    with occupied_slot(jobs_home):
         submitter = subprocess.run([sys.executable, "-c", submit_and_exit], capture_output=True, text=True,
                                    timeout=WAIT_S)
         assert submitter.returncode == 0, submitter.stderr
@@ -139,8 +131,9 @@ def test_job_outlives_the_process_that_submitted_it(home):
     assert done.state == jobs.SUCCEEDED and done.exit_code == 0
 
 
-def test_cancelling_a_queued_job_removes_it_from_the_queue(home):
-    with occupied_slot(home):
+@pytest.mark.slow  # starts processes
+def test_cancelling_a_queued_job_removes_it_from_the_queue(jobs_home):
+    with occupied_slot(jobs_home):
         job = jobs.submit(SHORT_COMMAND)
         cancelled = jobs.cancel(job.id)
         assert cancelled.state == jobs.CANCELLED and cancelled.started_at is None
@@ -151,8 +144,9 @@ def test_cancelling_a_queued_job_removes_it_from_the_queue(home):
         jobs.cancel(job.id)
 
 
-def test_killed_supervisor_is_reported_lost_and_the_job_resumes(home):
-    with occupied_slot(home):
+@pytest.mark.slow  # starts processes
+def test_killed_supervisor_is_reported_lost_and_the_job_resumes(jobs_home):
+    with occupied_slot(jobs_home):
         job = jobs.submit(SHORT_COMMAND)
         os.kill(job.supervisor_pid, signal.SIGKILL)
         until(lambda: pid_gone(job.supervisor_pid), "the killed supervisor to disappear")
@@ -168,6 +162,7 @@ def test_killed_supervisor_is_reported_lost_and_the_job_resumes(home):
         jobs.resume(job.id)
 
 
+@pytest.mark.slow  # starts processes
 def test_dead_or_recycled_pids_are_not_alive():
     me = process_token(os.getpid())
     assert is_alive(me)
@@ -182,8 +177,9 @@ def test_dead_or_recycled_pids_are_not_alive():
         assert not is_alive(nonsense)
 
 
-def test_corrupt_job_files_are_reported_not_fatal(home, capsys):
-    with occupied_slot(home):
+@pytest.mark.slow  # starts processes
+def test_corrupt_job_files_are_reported_not_fatal(jobs_home, capsys):
+    with occupied_slot(jobs_home):
         job = jobs.cancel(jobs.submit(SHORT_COMMAND).id)  # a complete job directory, nothing run
     root = jobs.jobs_dir()
     (root / job.id / "status.json").write_text("{ half a fi")
@@ -213,14 +209,14 @@ BAD_IDS = ["../../etc", "/tmp/x", "", ".", "20250101T000000.000000-0123ABCD",
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
-def test_bad_ids_are_refused_before_any_path_is_built(home, bad_id):
+def test_bad_ids_are_refused_before_any_path_is_built(jobs_home, bad_id):
     for call in (jobs.get_job, jobs.cancel, jobs.resume, jobs.read_log, jobs.read_metrics):
         with pytest.raises(InvalidInputError, match="invalid job id"):
             call(bad_id)
-    assert not (home / "jobs").exists()
+    assert not (jobs_home / "jobs").exists()
 
 
-def test_unknown_ids_and_commands_give_clear_errors(home, capsys):
+def test_unknown_ids_and_commands_give_clear_errors(jobs_home, capsys):
     with pytest.raises(jobs.UnknownJobError, match="no job"):
         jobs.get_job("20250101T000000.000000-0123abcd")
     for args in (["rm", "-rf", "/"], [], "train --out x", ["train", 3]):
@@ -236,8 +232,9 @@ def test_unknown_ids_and_commands_give_clear_errors(home, capsys):
     assert "unknown dynaprune command" in capsys.readouterr().err
 
 
-def test_cli_round_trip(home, capsys):
-    with occupied_slot(home):
+@pytest.mark.slow  # starts processes
+def test_cli_round_trip(jobs_home, capsys):
+    with occupied_slot(jobs_home):
         assert cli("jobs", "submit", "--json", "--label", "cli", "--", *SHORT_COMMAND) == 0
         submitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert submitted["status"] == jobs.QUEUED and submitted["label"] == "cli"
@@ -264,7 +261,8 @@ def test_out_dir_is_recorded_absolute(tmp_path):
 
 @needs_train
 @pytest.mark.timeout(120)
-def test_cancelling_a_running_train_job_leaves_a_resumable_checkpoint(home, tmp_path):
+@pytest.mark.slow  # starts processes
+def test_cancelling_a_running_train_job_leaves_a_resumable_checkpoint(jobs_home, tmp_path):
     out = tmp_path / "run"
     job = jobs.submit(train_args(out, epochs=200))
     until(lambda: any(r.get("event") == "epoch" for r in jobs.read_metrics(job.id)), "the first epoch to end")
@@ -279,7 +277,8 @@ def test_cancelling_a_running_train_job_leaves_a_resumable_checkpoint(home, tmp_
 
 @needs_train
 @pytest.mark.timeout(150)
-def test_train_job_killed_mid_epoch_is_lost_then_resumes_to_the_uninterrupted_result(home, tmp_path):
+@pytest.mark.slow  # starts processes
+def test_train_job_killed_mid_epoch_is_lost_then_resumes_to_the_uninterrupted_result(jobs_home, tmp_path):
     epochs = 4
     reference = subprocess.Popen([sys.executable, "-m", "analysis.cli", *train_args(tmp_path / "reference", epochs)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from analysis.errors import InvalidInputError
 from analysis.dynamics.lds import LDSFit, fit_lds, spectral_radius
+from analysis.errors import InvalidInputError
 from tests.lds_families import lds_family_trajectories
 
 

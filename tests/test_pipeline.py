@@ -1,7 +1,9 @@
 """The prune-and-fine-tune pipeline: stage schedule, run-directory layout, resume, ablations, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -11,18 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+import analysis.pruning.da_l2 as da_l2
 import analysis.pruning.pipeline as pipeline
-import analysis.pruning.regularization as regularization
 from analysis import cli
-from analysis.lm.corpora import load_corpus
+from analysis.cli import prune as prune_cli
 from analysis.errors import CheckpointError, InvalidInputError
 from analysis.lm.evaluation import evaluate
 from analysis.lm.model import ModelConfig, load_model
+from analysis.lm.training import TrainConfig, train_language_model
+from analysis.pruning.config import parse_ratio
 from analysis.pruning.pipeline import PipelineConfig, PipelineInterrupted, run_pruning_pipeline
 from analysis.pruning.surgery import count_parameters
-from analysis.lm.training import TrainConfig, train_language_model
+from analysis.utils.options import config_argv
 
-SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
 SOURCE_SIZES = [12, 10]
 EVENT_KEYS = {
     "baseline": {"val_ppl", "test_ppl", "params_recurrent", "params_total", "oracle_ppl"},
@@ -33,13 +36,6 @@ EVENT_KEYS = {
 }
 
 
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus(SMALL_CORPUS)
-
-
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, corpus) -> Path:
     """A small trained model with its recorded trajectory, like a sample directory."""
@@ -47,12 +43,14 @@ def source_run(tmp_path_factory, corpus) -> Path:
     config = TrainConfig(epochs=3, lr=1.0, lr_decay=0.5, decay_after_epoch=1, bptt=5, batch_size=4,
                          max_batches_per_epoch=6, max_eval_batches=4, log_interval=2, record_every=2, seed=7)
     model_config = ModelConfig(vocab_size=len(corpus.vocab), embedding_size=8, hidden_sizes=SOURCE_SIZES, dropout=0.3)
-    train_language_model(run_dir, corpus, model_config, config, progress=False, log=None)
+    train_language_model(run_dir, corpus=corpus, model_config=model_config, train_config=config, progress=False,
+                         log=None)
     return run_dir
 
 
 def prune(source, out, corpus, **options):
-    return run_pruning_pipeline(source, out, PipelineConfig(**options), corpus=corpus, progress=False, log=None)
+    return run_pruning_pipeline(out, source=source, config=PipelineConfig(**options), corpus=corpus, progress=False,
+                                log=None)
 
 
 def events_of(out: Path) -> list[dict]:
@@ -92,6 +90,7 @@ def test_the_stage_schedule_removes_the_same_fraction_of_what_is_left_each_stage
         PipelineConfig(criterion="largest").validate()
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_a_two_stage_dry_run_writes_the_documented_layout(tmp_path, source_run, corpus):
     out = tmp_path / "prune"
     result = prune(source_run, out, corpus, ratio=0.5, stages=2, epochs_per_stage=1, dry_run=True)
@@ -134,6 +133,7 @@ def test_a_two_stage_dry_run_writes_the_documented_layout(tmp_path, source_run, 
     assert result.val_ppl == final["val_ppl"]
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_ratio_zero_fine_tunes_the_unpruned_model_as_a_control(tmp_path, source_run, corpus):
     out = tmp_path / "control"
     prune(source_run, out, corpus, ratio=0.0, stages=2, epochs_per_stage=1, dry_run=True)
@@ -147,6 +147,7 @@ def test_ratio_zero_fine_tunes_the_unpruned_model_as_a_control(tmp_path, source_
     assert not torch.equal(model.decoder.weight, source_model.decoder.weight)
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_running_again_after_an_interruption_mid_stage_ends_as_an_uninterrupted_run(tmp_path, source_run, corpus,
                                                                                      monkeypatch):
     options = dict(ratio=0.5, stages=2, epochs_per_stage=2, seed=3)
@@ -165,6 +166,7 @@ def test_running_again_after_an_interruption_mid_stage_ends_as_an_uninterrupted_
     assert kinds == [(e["event"], e.get("stage"), e.get("epoch")) for e in events_of(tmp_path / "straight")]
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_sigterm_while_choosing_units_stops_at_once_and_the_rerun_finishes_the_same(
         tmp_path, source_run, corpus, monkeypatch):
     options = dict(ratio=0.5, stages=2, epochs_per_stage=1, dry_run=True)
@@ -183,10 +185,13 @@ def test_sigterm_while_choosing_units_stops_at_once_and_the_rerun_finishes_the_s
     assert [e["event"] for e in events_of(tmp_path / "resumed")] == ["baseline"]
     monkeypatch.undo()
     resumed = prune(source_run, tmp_path / "resumed", corpus, **options)
-    assert all(torch.equal(value, resumed.model.state_dict()[key]) for key, value in reference.model.state_dict().items())
-    assert [e["event"] for e in events_of(tmp_path / "resumed")] == [e["event"] for e in events_of(tmp_path / "straight")]
+    resumed_state = resumed.model.state_dict()
+    assert all(torch.equal(value, resumed_state[key]) for key, value in reference.model.state_dict().items())
+    events = [e["event"] for e in events_of(tmp_path / "straight")]
+    assert [e["event"] for e in events_of(tmp_path / "resumed")] == events
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_a_finished_run_is_not_redone_and_other_options_are_refused(tmp_path, source_run, corpus, monkeypatch):
     out = tmp_path / "prune"
     prune(source_run, out, corpus, stages=1, epochs_per_stage=1, dry_run=True)
@@ -196,7 +201,8 @@ def test_a_finished_run_is_not_redone_and_other_options_are_refused(tmp_path, so
     assert spy.calls == [] and (out / "metrics.jsonl").read_text() == before
     with pytest.raises(CheckpointError, match="ratio 0.5 -> 0.3"):
         prune(source_run, out, corpus, ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True)
-    run_pruning_pipeline(source_run, out, PipelineConfig(ratio=0.3, stages=1, epochs_per_stage=1, dry_run=True),
+    run_pruning_pipeline(out, source=source_run, config=PipelineConfig(ratio=0.3, stages=1, epochs_per_stage=1,
+                                                                       dry_run=True),
                          corpus=corpus, overwrite=True, progress=False, log=None)
     assert json.loads((out / "pipeline.json").read_text())["config"]["ratio"] == 0.3
     # a run from before the schedule could be chosen used the per-epoch one: it resumes only as that
@@ -210,10 +216,11 @@ def test_a_finished_run_is_not_redone_and_other_options_are_refused(tmp_path, so
     assert spy.calls == []
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_ablation_switches_change_what_they_should(tmp_path, source_run, corpus, monkeypatch):
     measured = []
-    real_importances = regularization.unit_importances
-    monkeypatch.setattr(regularization, "unit_importances",
+    real_importances = da_l2.unit_importances
+    monkeypatch.setattr(da_l2, "unit_importances",
                         lambda *args, **kwargs: measured.append(1) or real_importances(*args, **kwargs))
     spy = TrainingSpy(monkeypatch)
 
@@ -236,6 +243,7 @@ def test_ablation_switches_change_what_they_should(tmp_path, source_run, corpus,
     assert not (tmp_path / "plain" / "stage_1" / "importances.json").exists()
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_a_model_file_without_a_trajectory_prunes_by_magnitude_but_not_by_dynamics(tmp_path, source_run, corpus):
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -246,6 +254,7 @@ def test_a_model_file_without_a_trajectory_prunes_by_magnitude_but_not_by_dynami
     assert result.model.config.hidden_sizes == [6, 5]
 
 
+@pytest.mark.slow  # trains a source model and runs the pipeline
 def test_the_command_line_prunes_stops_with_143_on_sigterm_and_continues(tmp_path, source_run, capsys, monkeypatch):
     out = tmp_path / "cli"
     argv = ["prune", "--from", str(source_run), "--out", str(out), "--stages", "2", "--epochs-per-stage", "1",
@@ -264,3 +273,98 @@ def test_the_command_line_prunes_stops_with_143_on_sigterm_and_continues(tmp_pat
     assert cli.main(["prune", "--from", str(source_run), "--out", str(tmp_path / "x"), "--plain-l2",
                      "--no-regularization"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ options: one declaration, CLI and jobs
+
+# A value other than the default for every option; the test below fails for a field missing here.
+NON_DEFAULT_OPTIONS = {
+    "ratio": {"rnns.0.l0": 0.3, "rnns.1.l0": 0.55}, "stages": 2, "criterion": "magnitude", "epochs_per_stage": 3,
+    "regularization": "l2", "da_l2": 3e-4, "da_l2_gamma": 2.5, "importance_refresh_epochs": 0,
+    "calibration_batches": 5, "distillation": False, "distill_alpha": 0.25, "distill_temperature": 3.5,
+    "teacher_precision": "bfloat16", "lds_order": 2, "horizon": math.inf, "lr": 0.123, "lr_decay": 0.7,
+    "decay_after_epoch": 2, "lr_schedule": "step", "snapshots_per_stage": 7, "seed": 11, "dry_run": True,
+}
+
+
+def test_every_pipeline_option_goes_through_a_jobs_arguments_and_back():
+    defaults = PipelineConfig()
+    assert set(NON_DEFAULT_OPTIONS) == {field.name for field in dataclasses.fields(PipelineConfig)}
+    for field in dataclasses.fields(PipelineConfig):
+        assert NON_DEFAULT_OPTIONS[field.name] != getattr(defaults, field.name), field.name
+    config = PipelineConfig(**NON_DEFAULT_OPTIONS).validate()
+    args = prune_cli.job_args("runs/source", "runs/out", config)
+    assert prune_cli.config_of_job(args) == config
+    parsed = cli.build_parser().parse_args(args)  # the full command line, as `dynaprune jobs submit` runs it
+    assert prune_cli.config_from_args(parsed) == config
+    for field in dataclasses.fields(PipelineConfig):  # each option alone, the others at their defaults
+        single = dataclasses.replace(defaults, **{field.name: NON_DEFAULT_OPTIONS[field.name]})
+        only = ["prune", "--from", "a", "--out", "b", *config_argv(single, base=defaults)]
+        assert prune_cli.config_of_job(only) == single, field.name
+
+
+def test_arguments_stored_by_older_jobs_still_parse():
+    # as the Fine-tune page built them before every option had a flag
+    old = ["prune", "--from", "s", "--out", "o", "--ratio", "0.3", "--stages", "3", "--criterion", "random",
+           "--epochs-per-stage", "1", "--da-l2", "0.001", "--kd-alpha", "0.4", "--kd-tau", "3", "--lr-schedule",
+           "step", "--teacher-precision", "bfloat16", "--no-progress", "--one-shot", "--dry-run",
+           "--no-distillation", "--plain-l2"]
+    assert prune_cli.config_of_job(old) == PipelineConfig(
+        ratio=0.3, stages=1, criterion="random", epochs_per_stage=1, da_l2=0.001, distill_alpha=0.4,
+        distill_temperature=3.0, lr_schedule="step", teacher_precision="bfloat16", dry_run=True, distillation=False,
+        regularization="l2")
+    no_regularization = prune_cli.config_of_job(["prune", "--from", "s", "--out", "o", "--no-regularization"])
+    assert no_regularization.regularization == "none"
+    with pytest.raises(InvalidInputError, match="contradict"):
+        prune_cli.config_of_job(["prune", "--from", "s", "--out", "o", "--regularization", "da-l2", "--plain-l2"])
+
+
+def test_per_layer_ratios_parse_validate_and_name_unknown_layers():
+    assert parse_ratio("0.25") == 0.25
+    assert parse_ratio("rnns.0.l0=0.3, rnns.1.l0=0.5") == {"rnns.0.l0": 0.3, "rnns.1.l0": 0.5}
+    config = PipelineConfig(ratio={"rnns.0.l0": 0.5}, stages=2).validate()
+    assert config.kept_units(12, "rnns.0.l0") == [8, 6] and config.kept_units(10, "rnns.1.l0") == [10, 10]
+    with pytest.raises(InvalidInputError, match="rnns.7.l0"):
+        PipelineConfig(ratio={"rnns.7.l0": 0.5, "rnns.0.l0": 0.1}).check_layers(["rnns.0.l0", "rnns.1.l0"])
+    with pytest.raises(InvalidInputError, match=r"\[0, 1\)"):
+        PipelineConfig(ratio={"rnns.0.l0": 1.0}).validate()
+    with pytest.raises(InvalidInputError, match="bad value"):
+        prune_cli.config_of_job(["prune", "--from", "s", "--out", "o", "--ratio", "rnns.0.l0=bad value"])
+
+
+@pytest.mark.slow  # trains a source model and runs the pipeline
+def test_per_layer_ratios_lds_order_and_horizon_from_the_command_line(tmp_path, source_run, capsys):
+    out = tmp_path / "layers"
+    assert cli.main(["prune", "--from", str(source_run), "--out", str(out), "--ratio", "rnns.0.l0=0.5,rnns.1.l0=0.2",
+                     "--stages", "2", "--epochs-per-stage", "1", "--lds-order", "2", "--horizon", "inf",
+                     "--dry-run", "--no-progress"]) == 0
+    description = json.loads((out / "pipeline.json").read_text())
+    config = PipelineConfig.from_dict(description["config"])
+    assert config.ratio == {"rnns.0.l0": 0.5, "rnns.1.l0": 0.2} and config.lds_order == 2 and math.isinf(config.horizon)
+    assert description["stage_hidden_sizes"] == [[8, 9], [6, 8]]
+    assert load_model(out)[0].config.hidden_sizes == [6, 8]
+    starts = [e for e in events_of(out) if e["event"] == "stage_start"]
+    assert [e["layer_ratios"] for e in starts] == [pytest.approx({"rnns.0.l0": 4 / 12, "rnns.1.l0": 1 / 10}),
+                                                   pytest.approx({"rnns.0.l0": 0.5, "rnns.1.l0": 0.2})]
+    assert starts[-1]["ratio"] == pytest.approx(8 / 22)
+    capsys.readouterr()
+    assert cli.main(["prune", "--from", str(source_run), "--out", str(tmp_path / "x"), "--ratio",
+                     "rnns.0.l0=0.5,rnns.5.l0=0.2", "--dry-run"]) == 2
+    assert "rnns.5.l0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains a source model and runs the pipeline
+def test_a_run_stored_with_the_old_distillation_names_resumes(tmp_path, source_run, corpus, monkeypatch):
+    out = tmp_path / "old-names"
+    options = dict(stages=1, epochs_per_stage=1, distill_alpha=0.3, distill_temperature=1.5, dry_run=True)
+    prune(source_run, out, corpus, **options)
+    stored = json.loads((out / "pipeline.json").read_text())
+    config = stored["config"]
+    config["kd_alpha"], config["kd_tau"] = config.pop("distill_alpha"), config.pop("distill_temperature")
+    (out / "pipeline.json").write_text(json.dumps(stored))
+    assert PipelineConfig.from_dict(config) == PipelineConfig(**options)
+    spy = TrainingSpy(monkeypatch)
+    prune(source_run, out, corpus, **options)  # a finished run: nothing to redo, and no "different settings"
+    assert spy.calls == []
+    with pytest.raises(CheckpointError, match="distill_alpha 0.3 -> 0.5"):
+        prune(source_run, out, corpus, **{**options, "distill_alpha": 0.5})

@@ -4,21 +4,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "synthetic"
+pytestmark = pytest.mark.slow  # runs `dynaprune prune` in a subprocess
 
 
 @pytest.mark.parametrize("delay_s", [0.5, 4.0])
-def test_sigterm_stops_the_pipeline_quickly_and_resumably(tmp_path, delay_s):
-    if not SAMPLE.is_dir():
-        pytest.skip("the embedded synthetic sample is missing")
+def test_sigterm_stops_the_pipeline_quickly_and_resumably(synthetic_sample, tmp_path, delay_s):
     out = tmp_path / "pruned"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "analysis.cli", "prune", "--from", str(SAMPLE), "--ratio", "0.5",
-                                "--epochs-per-stage", "1", "--out", str(out), "--no-progress"],
+    process = subprocess.Popen([sys.executable, "-m", "analysis.cli", "prune", "--from", str(synthetic_sample),
+                                "--ratio", "0.5", "--epochs-per-stage", "1", "--out", str(out), "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     # wait until the command is past its imports and working, then stop it
     deadline = time.monotonic() + 60

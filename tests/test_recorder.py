@@ -12,8 +12,9 @@ from torch import nn
 
 import analysis.trajectories.recorder as recorder_module
 from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError
+from analysis.trajectories.archives import extract_checkpoint_archive
 from analysis.trajectories.recorder import TrajectoryRecorder
-from analysis.trajectories.trajectory import extract_checkpoint_archive, load_trajectory
+from analysis.trajectories.trajectory import load_trajectory
 
 
 class LanguageModel(nn.Module):

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from analysis.pruning.config import PipelineConfig
+from tests.conftest import REPO_ROOT
 
-RESULTS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
+RESULTS_SCRIPT = REPO_ROOT / "benchmarks" / "results.py"
 
 
 def load_results_module():

@@ -76,8 +76,8 @@ def test_pruned_matrices_sizes_and_parameter_counts_shrink_as_predicted(rnn_type
     model = tiny_model(rnn_type)
     before = {name: p.clone() for name, p in model.state_dict().items()}
     assert count_parameters(model) == predicted_parameters(rnn_type, 13, 4, [6, 5])
-    pruned = prune_units(model, SimpleNamespace(kept_per_layer={"rnns.0.l0": np.array([0, 2, 5]),
-                                                                "rnns.1.l0": np.array([1, 2])}))
+    pruned = prune_units(model, SimpleNamespace(kept={"rnns.0.l0": np.array([0, 2, 5]),
+                                                      "rnns.1.l0": np.array([1, 2])}))
     gates = GATES_PER_UNIT[rnn_type]
     assert pruned.config.hidden_sizes == [3, 2]
     assert [rnn.hidden_size for rnn in pruned.rnns] == [3, 2]

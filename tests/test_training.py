@@ -11,22 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.lm.corpora import load_corpus
 from analysis.errors import CheckpointError, InvalidInputError
+from analysis.lm.corpora import load_corpus
 from analysis.lm.evaluation import evaluate
 from analysis.lm.model import ModelConfig, RNNLanguageModel, load_model
+from analysis.lm.training import TrainConfig, TrainingInterrupted, train_language_model
 from analysis.pruning.surgery import prune_units
 from analysis.trajectories.trajectory import load_trajectory
-from analysis.lm.training import TrainConfig, TrainingInterrupted, train_language_model
-
-SMALL_CORPUS = "synthetic:0:train=3000,valid=600,test=600,words=30,states=6"
-
-
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus(SMALL_CORPUS)
 
 
 def model_config(corpus, **kwargs) -> ModelConfig:
@@ -44,7 +35,7 @@ def train(run_dir, corpus, **kwargs):
     options.update(kwargs)
     config = options.pop("config", train_config())
     mconfig = options.pop("mconfig", model_config(corpus, dropout=0.3))
-    return train_language_model(run_dir, corpus, mconfig, config, **options)
+    return train_language_model(run_dir, corpus=corpus, model_config=mconfig, train_config=config, **options)
 
 
 def test_evaluate_is_exp_of_the_mean_token_nll_with_state_carried():
@@ -64,6 +55,7 @@ def test_evaluate_is_exp_of_the_mean_token_nll_with_state_carried():
     assert math.exp(mean_nll) == pytest.approx(math.exp(-log_probs.double().mean().item()), rel=1e-5)
 
 
+@pytest.mark.slow  # trains a model
 def test_training_writes_every_file_and_a_loadable_trajectory(tmp_path, corpus):
     result = train(tmp_path / "run", corpus, config=train_config(record_dtype="float16"))
     run = tmp_path / "run"
@@ -96,6 +88,7 @@ def test_training_writes_every_file_and_a_loadable_trajectory(tmp_path, corpus):
     assert evaluate(best, corpus.valid, 10, 35, max_batches=4)[0] == pytest.approx(result.best_val_loss, rel=1e-6)
 
 
+@pytest.mark.slow  # trains a model
 def test_default_record_interval_gives_about_forty_snapshots(tmp_path, corpus):
     config = train_config(record_every=None, max_batches_per_epoch=None, epochs=2, max_eval_batches=1)
     result = train(tmp_path / "run", corpus, config=config, evaluate_test=False)
@@ -132,6 +125,7 @@ def final_state(run_dir, result):
 @pytest.mark.parametrize("stop_step, how, rnn_type", [(3, "sigterm", "LSTM"), (5, "sigterm", "LSTM"),
                                                       (9, "crash", "LSTM"), (13, "crash", "LSTM"),
                                                       (3, "sigterm", "GRU")])
+@pytest.mark.slow  # trains a model
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus, stop_step, how, rnn_type):
     reference_dir, interrupted_dir = tmp_path / "reference", tmp_path / "interrupted"
     mconfig = model_config(corpus, dropout=0.3, rnn_type=rnn_type)
@@ -163,6 +157,7 @@ def test_the_cosine_schedule_anneals_each_run_to_zero_and_the_step_schedule_is_p
         train_config(lr_schedule="linear").validate()
 
 
+@pytest.mark.slow  # trains a model
 def test_a_cosine_run_sets_the_rate_every_step_and_resumes_on_the_same_schedule(tmp_path, corpus):
     config = train_config(lr_schedule="cosine")
     reference = final_state(tmp_path / "reference", train(tmp_path / "reference", corpus, config=config))
@@ -178,6 +173,7 @@ def test_a_cosine_run_sets_the_rate_every_step_and_resumes_on_the_same_schedule(
     assert resumed[1] == reference[1]
 
 
+@pytest.mark.slow  # trains a model
 def test_sigterm_at_an_epoch_end_stops_there_with_a_checkpoint(tmp_path, corpus):
     with pytest.raises(TrainingInterrupted, match="run the same command again") as stopped:
         train(tmp_path / "run", corpus, extra_loss=StopAt(5, "sigterm"))  # step 5 is epoch 1's last batch
@@ -186,6 +182,7 @@ def test_sigterm_at_an_epoch_end_stops_there_with_a_checkpoint(tmp_path, corpus)
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
+@pytest.mark.slow  # trains a model
 def test_resuming_with_other_settings_is_refused(tmp_path, corpus):
     with pytest.raises(TrainingInterrupted):
         train(tmp_path / "run", corpus, extra_loss=StopAt(2, "sigterm"))
@@ -197,6 +194,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, corpus):
     assert not fresh.resumed and fresh.metrics[0]["lr"] == 0.5
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_stored_before_the_schedule_and_precision_settings_resumes_with_their_old_values(tmp_path, corpus):
     with pytest.raises(TrainingInterrupted):
         train(tmp_path / "run", corpus, extra_loss=StopAt(2, "sigterm"))
@@ -209,6 +207,7 @@ def test_a_run_stored_before_the_schedule_and_precision_settings_resumes_with_th
     assert train(tmp_path / "run", corpus).resumed  # the defaults are the values those runs used
 
 
+@pytest.mark.slow  # trains a model
 def test_finished_run_is_not_trained_again(tmp_path, corpus):
     first = train(tmp_path / "run", corpus)
     again = train(tmp_path / "run", corpus)
@@ -216,6 +215,7 @@ def test_finished_run_is_not_trained_again(tmp_path, corpus):
     assert len(again.metrics) == len(first.metrics)
 
 
+@pytest.mark.slow  # trains a model
 def test_fine_tuning_a_pruned_student_with_a_teacher_and_an_extra_loss(tmp_path, corpus):
     teacher = train(tmp_path / "teacher", corpus).model
     student = prune_units(teacher, {"rnns.0.l0": list(range(6))})
@@ -231,19 +231,22 @@ def test_fine_tuning_a_pruned_student_with_a_teacher_and_an_extra_loss(tmp_path,
     assert all(seen) and len(seen) == 6
     assert all(torch.equal(v, untouched[k]) for k, v in student.state_dict().items()), "initial model changed"
     assert result.model.config.hidden_sizes == [6, 10]
-    plain = train(tmp_path / "plain", corpus, mconfig=None, initial_model=student, config=train_config(epochs=1, lr=0.05))
+    plain = train(tmp_path / "plain", corpus, mconfig=None, initial_model=student,
+                  config=train_config(epochs=1, lr=0.05))
     norm = lambda m: sum(p.norm() for p in m.rnns.parameters())  # noqa: E731
     assert norm(result.model) < norm(plain.model)
     assert load_model(tmp_path / "student")[0].config.hidden_sizes == [6, 10]
 
 
+@pytest.mark.slow  # trains a model
 def test_a_bfloat16_teacher_distils_almost_the_same_student(tmp_path, corpus):
     teacher = train(tmp_path / "teacher", corpus).model
     student = prune_units(teacher, {"rnns.0.l0": list(range(6))})
     runs = {precision: train(tmp_path / precision, corpus, mconfig=None, initial_model=student, teacher=teacher,
                              config=train_config(epochs=1, lr=0.05, teacher_precision=precision))
             for precision in ("float32", "bfloat16")}
-    assert json.loads((tmp_path / "bfloat16" / "run.json").read_text())["train_config"]["teacher_precision"] == "bfloat16"
+    stored = json.loads((tmp_path / "bfloat16" / "run.json").read_text())
+    assert stored["train_config"]["teacher_precision"] == "bfloat16"
     exact, rounded = (runs[p].best_val_loss for p in ("float32", "bfloat16"))
     assert exact != rounded and abs(exact - rounded) < 1e-3 * exact
     with pytest.raises(InvalidInputError, match="teacher_precision"):

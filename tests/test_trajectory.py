@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
 from analysis.dynamics.lds import fit_layer
+from analysis.errors import CheckpointError, InvalidInputError, NoRecurrentLayerError, UnsafeCheckpointError
 from analysis.trajectories.snapshot_rows import all_finite
 from analysis.trajectories.trajectory import load_trajectory
 
@@ -92,7 +92,8 @@ def test_checkpoint_directory_layers_and_unit_vectors(tmp_path, model_name, fmt)
                 expected = expected_unit_vector(states[step], prefix, suffix, unit, gates, hidden)
                 np.testing.assert_array_equal(vectors[t, unit], expected.numpy())
         np.testing.assert_array_equal(
-            trajectory.weight_matrix(name, 1, "weight_hh"), states[sorted(STEPS)[1]][f"{prefix}weight_hh{suffix}"].numpy()
+            trajectory.weight_matrix(name, 1, "weight_hh"),
+            states[sorted(STEPS)[1]][f"{prefix}weight_hh{suffix}"].numpy(),
         )
         np.testing.assert_array_equal(trajectory.final_unit_vectors(name), vectors[-1])
 
@@ -251,7 +252,8 @@ def test_safetensors_snapshots_of_every_float_type_read_as_float32(tmp_path, dty
     states = write_checkpoints(tmp_path / "f32", model, steps=(1, 2, 3))
     (tmp_path / "low").mkdir()
     for step, state in states.items():
-        save_file({key: value.to(dtype) for key, value in state.items()}, str(tmp_path / "low" / f"ckpt_{step}.safetensors"))
+        save_file({key: value.to(dtype) for key, value in state.items()},
+                  str(tmp_path / "low" / f"ckpt_{step}.safetensors"))
     vectors = load_trajectory(tmp_path / "low").unit_vectors("l0", units=[3, 0])
     for t, step in enumerate(sorted(states)):
         for row, unit in enumerate((3, 0)):

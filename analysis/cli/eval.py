@@ -12,6 +12,7 @@ import argparse
 import json
 
 from analysis.errors import InvalidInputError
+from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT
 
 HELP = "Compute a model's perplexity on the valid or test split of its corpus."
 
@@ -20,13 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a run directory (its best model) or a checkpoint file")
     parser.add_argument("--split", choices=["valid", "test"], default="valid", help="split to score (default valid)")
     parser.add_argument("--data", help="corpus spec, when the one recorded in the checkpoint moved or is missing")
-    parser.add_argument("--batch-size", type=int, default=10, help="evaluation batch size (default 10)")
-    parser.add_argument("--bptt", type=int, default=35, help="evaluation window length (default 35)")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help=f"evaluation batch size (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--bptt", type=int, default=EVAL_BPTT, help=f"evaluation window length (default {EVAL_BPTT})")
     parser.add_argument("--json", action="store_true", help="end the output with one JSON line")
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.lm.corpora import Vocabulary, load_corpus
+    from analysis.lm.corpora import load_corpus
     from analysis.lm.model import load_model
     from analysis.lm.evaluation import evaluate, perplexity
 
@@ -40,12 +42,7 @@ def run(args: argparse.Namespace) -> int:
     except (InvalidInputError, OSError) as error:
         hint = "" if args.data else f" The model was trained on {spec!r}; pass --data SPEC if the corpus moved."
         raise InvalidInputError(f"cannot load the corpus for {info['path']}: {error}.{hint}") from error
-    if model.config.vocab_size != len(corpus.vocab):
-        raise InvalidInputError(f"{info['path']} has a {model.config.vocab_size}-word vocabulary but corpus "
-                                f"{corpus.source} has {len(corpus.vocab)} words; pass --data with the model's own corpus")
-    if info.get("vocab") is not None and Vocabulary.from_json(info["vocab"]).itos != corpus.vocab.itos:
-        raise InvalidInputError(f"corpus {corpus.source} has a different vocabulary from the one {info['path']} was "
-                                f"trained with; pass --data with the model's own corpus")
+    corpus.check_vocabulary(info["path"], model.config.vocab_size, info.get("vocab"))
     mean_nll, tokens = evaluate(model, corpus.split(args.split), args.batch_size, args.bptt)
     result = {"perplexity": perplexity(mean_nll), "mean_nll": mean_nll, "split": args.split, "tokens": tokens,
               "oracle_perplexity": corpus.oracle_perplexity(args.split), "data": corpus.source,

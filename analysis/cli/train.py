@@ -9,14 +9,19 @@ after the current batch with a resumable checkpoint (exit status 143).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
 from analysis.errors import InvalidInputError
 from analysis.lm.model import PRESETS, ModelConfig, preset
+from analysis.lm.training_config import TrainConfig
+from analysis.utils.options import add_config_arguments, config_from_args as options_config
 
 HELP = "Train a preset RNN language model and record its weight trajectory (resumable)."
 SIGTERM_EXIT_STATUS = 143
+# Only a pruning stage trains with a teacher, so these would do nothing here.
+TEACHER_SETTINGS = ("distill_alpha", "distill_temperature", "teacher_precision")
 # A dry run touches every stage (training, recording, evaluation, checkpoints) in seconds.
 DRY_RUN_SETTINGS = {"epochs": 2, "max_batches_per_epoch": 4, "max_eval_batches": 2, "log_interval": 2}
 
@@ -26,12 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="corpus spec: ptb:<dir>, ptb (uses $DYNAPRUNE_PTB_DIR), text:<dir> or "
                                        "synthetic[:seed]; default: the preset's corpus")
     parser.add_argument("--out", required=True, help="run directory (created; an existing run there is resumed)")
-    parser.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
-    parser.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
-    parser.add_argument("--seed", type=int, help="random seed (default 1111)")
-    parser.add_argument("--record-every", type=int, help="steps between trajectory snapshots (default: about 40 "
-                                                         "snapshots per run; 0: no trajectory)")
-    parser.add_argument("--record-dtype", choices=["float32", "float16"], help="precision of the snapshots")
+    add_config_arguments(parser, TrainConfig, skip=TEACHER_SETTINGS, default_note="default: the preset's")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
                                                     "fastest for small models on a busy machine)")
@@ -40,28 +40,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset's training settings with the options given (validated); --dry-run caps them."""
+    config = options_config(args, TrainConfig, base=TrainConfig.from_preset(args.preset))
+    if args.dry_run:
+        epochs = min(args.epochs, 2) if hasattr(args, "epochs") else 2
+        config = replace(config, **{**DRY_RUN_SETTINGS, "epochs": epochs})
+    return config.validate()
+
+
 def run(args: argparse.Namespace) -> int:
     from analysis.lm.corpora import load_corpus
-    from analysis.lm.training import TrainConfig, TrainingInterrupted, train_language_model
+    from analysis.lm.training import TrainingInterrupted, train_language_model
+    from analysis.utils.progress import TerminalProgress
 
     chosen = preset(args.preset)
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    overrides = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "record_every": args.record_every,
-                 "record_dtype": args.record_dtype}
-    settings = {key: value for key, value in overrides.items() if value is not None}
-    if args.dry_run:
-        settings = {**settings, **DRY_RUN_SETTINGS, "epochs": min(settings.get("epochs", 2), 2)}
-    train_config = TrainConfig.from_preset(args.preset, **settings)
+    train_config = config_from_args(args)
     corpus = load_corpus(args.data or chosen["data"])
     model_config = ModelConfig(vocab_size=len(corpus.vocab), **chosen["model"])
     print(f"training {args.preset} on {corpus.source} ({corpus.train.numel()} training tokens, "
           f"{len(corpus.vocab)} words) into {args.out}", flush=True)
     try:
-        result = train_language_model(args.out, corpus, model_config, train_config, overwrite=args.overwrite,
-                                      progress=not args.no_progress, device=args.device)
+        result = train_language_model(args.out, corpus=corpus, model_config=model_config, train_config=train_config,
+                                      overwrite=args.overwrite, progress=None if args.no_progress else TerminalProgress(unit="batch"), device=args.device)
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

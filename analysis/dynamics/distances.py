@@ -95,6 +95,23 @@ def dynamics_distances(fit: LDSFit, horizon: float | int | None = None, device=N
     return squared.sqrt().cpu().numpy()
 
 
+def check_distances(distances, what: str = "distances") -> np.ndarray:
+    """`distances` as a float64 array, once it is known to be what dynamics_distances returns: a
+    square (H, H) matrix, finite, symmetric and non-negative; InvalidInputError naming `what` if not."""
+    D = np.asarray(distances, dtype=np.float64)
+    if D.ndim != 2 or D.shape[0] != D.shape[1]:
+        raise InvalidInputError(f"{what} must be a square (H, H) matrix; got shape {D.shape}")
+    if not np.isfinite(D).all():
+        raise InvalidInputError(f"{what} contain NaN or Inf")
+    if D.size:
+        # exact symmetry (what dynamics_distances returns) is a cheap check; only otherwise compare
+        # within a tolerance, which costs ~15x more on a 1500 x 1500 matrix
+        symmetric = np.array_equal(D, D.T) or np.abs(D - D.T).max() <= 1e-9 * max(1.0, float(np.abs(D).max()))
+        if D.min() < 0 or not symmetric:
+            raise InvalidInputError(f"{what} must be symmetric and non-negative")
+    return D
+
+
 def reference_distance(fit: LDSFit, i: int, j: int, horizon: int) -> float:
     """d(i, j) from the principal angles of the stacked observability matrices (scipy), one pair.
 

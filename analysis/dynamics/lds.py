@@ -11,13 +11,13 @@ small T x T Gram matrix of each unit, so the cost is one batched product over th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
 from analysis.errors import InvalidInputError
+from analysis.utils.progress import ProgressCallback, ProgressUpdate
 
 DEFAULT_ORDER = 4
 # Singular values below this fraction of the largest are treated as zero when building C.
@@ -191,11 +191,12 @@ def _fit(Y: np.ndarray, order: int, overwrite: bool) -> LDSFit:
 
 
 def fit_layer(trajectory, layer: str, order: int = DEFAULT_ORDER, block_units: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> LDSFit:
+              progress: ProgressCallback | None = None) -> LDSFit:
     """Fit every unit of one layer of a Trajectory, reading unit blocks from disk.
 
     Memory stays bounded by one block of unit vectors (T x block x d) at a time; the default block
-    keeps that block under about 256 MB in float32. progress(done, total) is called after each block.
+    keeps that block under about 256 MB in float32. `progress` hears of each block (task: the layer,
+    done / total: units fitted).
     One buffer holds every block in turn: rows are copied into it straight from the mapped
     snapshot files and centred in place. NaN or Inf weights raise CheckpointError naming the file.
     """
@@ -216,7 +217,7 @@ def fit_layer(trajectory, layer: str, order: int = DEFAULT_ORDER, block_units: i
             trajectory.unit_vectors(layer, units=slice(start, stop))  # raises CheckpointError naming the file
             raise
         if progress is not None:
-            progress(stop, H)
+            progress(ProgressUpdate(layer, stop, H))
     return LDSFit.concatenate(fits)
 
 

@@ -4,85 +4,25 @@ A criterion is one class with one method, `choose_pruned(n_prune, distances, imp
 returning the unit indices to remove; `select_units` applies it per layer and returns a
 PruningPlan. Selection never touches a model: structural surgery lives in analysis.pruning.surgery.
 
-    plan = select_units(D, ratio=0.5, criterion="dynamics", importance=final_norms)
-    plan.kept, plan.pruned                      # one layer
-    plan = select_units({"rnns.0.l0": D0, "rnns.1.l0": D1}, ratio={"rnns.0.l0": 0.3, "rnns.1.l0": 0.5})
-    plan.kept_per_layer                         # layer -> kept unit indices
+    plan = select_units({"rnns.0.l0": D0, "rnns.1.l0": D1}, ratio={"rnns.0.l0": 0.3, "rnns.1.l0": 0.5},
+                        importance=final_norm_importance(trajectory))
+    plan.kept, plan.pruned                      # layer -> unit indices
+    plan = select_units(D, ratio=0.5, criterion="magnitude", importance=final_norm_importance(trajectory, layer))
+    plan.pruned[""]                             # one unnamed layer: its name is ""
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Mapping
 
 import numpy as np
-from scipy.cluster.hierarchy import linkage
-from scipy.spatial.distance import squareform
 
+from analysis.dynamics.criteria import CRITERIA
+from analysis.dynamics.distances import check_distances
 from analysis.errors import InvalidInputError
 
 SINGLE_LAYER = ""
-
-
-class SelectionCriterion(Protocol):
-    name: str
-    needs_distances: bool
-    needs_importance: bool
-
-    def choose_pruned(self, n_prune: int, distances: np.ndarray | None, importance: np.ndarray | None,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return (pruned unit indices, cluster label per unit or None)."""
-
-
-class DynamicsRedundancy:
-    """Average-linkage clustering on the dynamics distances into H - R clusters; each cluster keeps
-    its most important unit. Without importances, the unit closest on average to the rest of its
-    cluster (the medoid) is kept."""
-
-    name = "dynamics"
-    needs_distances = True
-    needs_importance = False
-
-    def choose_pruned(self, n_prune, distances, importance, rng):
-        H = distances.shape[0]
-        labels = cluster_units(distances, H - n_prune)
-        pruned = []
-        for cluster in range(H - n_prune):
-            members = np.flatnonzero(labels == cluster)
-            if importance is not None:
-                # highest importance kept; ties go to the lowest index
-                keep = members[np.argmax(importance[members])]
-            else:
-                keep = members[np.argmin(distances[np.ix_(members, members)].mean(axis=1))]
-            pruned.extend(int(m) for m in members if m != keep)
-        return np.array(sorted(pruned), dtype=np.int64), labels
-
-
-class MagnitudeCriterion:
-    """Prune the R units with the smallest importance (default: final weight-vector norm)."""
-
-    name = "magnitude"
-    needs_distances = False
-    needs_importance = True
-
-    def choose_pruned(self, n_prune, distances, importance, rng):
-        order = np.argsort(importance, kind="stable")
-        return np.sort(order[:n_prune]).astype(np.int64), None
-
-
-class RandomCriterion:
-    """Prune R units chosen uniformly at random (seeded)."""
-
-    name = "random"
-    needs_distances = False
-    needs_importance = False
-
-    def choose_pruned(self, n_prune, distances, importance, rng):
-        H = distances.shape[0] if distances is not None else importance.shape[0]
-        return np.sort(rng.choice(H, size=n_prune, replace=False)).astype(np.int64), None
-
-
-CRITERIA: dict[str, SelectionCriterion] = {c.name: c for c in (DynamicsRedundancy(), MagnitudeCriterion(), RandomCriterion())}
 
 
 @dataclass(frozen=True)
@@ -101,32 +41,19 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """Which units each layer keeps and prunes. For a single unnamed layer, `.kept` and `.pruned`
-    are arrays; for several layers they are dicts keyed by layer name."""
+    """Which units each layer keeps and prunes. `.kept` and `.pruned` map layer name -> sorted unit
+    indices, also for one unnamed layer (a single matrix given to select_units), whose name is ""."""
 
     criterion: str
     layers: dict[str, LayerPlan] = field(default_factory=dict)
 
     @property
-    def kept(self):
-        return self._per_layer("kept")
-
-    @property
-    def pruned(self):
-        return self._per_layer("pruned")
-
-    @property
-    def kept_per_layer(self) -> dict[str, np.ndarray]:
+    def kept(self) -> dict[str, np.ndarray]:
         return {name: plan.kept for name, plan in self.layers.items()}
 
     @property
-    def pruned_per_layer(self) -> dict[str, np.ndarray]:
+    def pruned(self) -> dict[str, np.ndarray]:
         return {name: plan.pruned for name, plan in self.layers.items()}
-
-    def _per_layer(self, attribute: str):
-        if set(self.layers) == {SINGLE_LAYER}:
-            return getattr(self.layers[SINGLE_LAYER], attribute)
-        return {name: getattr(plan, attribute) for name, plan in self.layers.items()}
 
     def to_dict(self) -> dict:
         return {"criterion": self.criterion, "layers": [p.to_dict() for p in self.layers.values()]}
@@ -146,38 +73,6 @@ class PruningPlan:
             raise InvalidInputError(f"not a pruning plan: {error}") from error
 
 
-def cluster_units(distances: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Average-linkage agglomerative clustering on a precomputed distance matrix.
-
-    Returns a label in [0, n_clusters) per unit; labels are numbered by each cluster's smallest
-    unit index, so they are deterministic. Cutting the merge tree directly (rather than by height)
-    gives exactly n_clusters even when merge heights tie.
-    """
-    H = distances.shape[0]
-    if not 1 <= n_clusters <= H:
-        raise InvalidInputError(f"n_clusters must be between 1 and {H}; got {n_clusters}")
-    if H == 1:
-        return np.zeros(1, dtype=np.int64)
-    merges = linkage(squareform(distances, checks=False), method="average")
-    parent = np.arange(2 * H - 1)
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for step in range(H - n_clusters):
-        a, b = int(merges[step, 0]), int(merges[step, 1])
-        parent[root(a)] = H + step
-        parent[root(b)] = H + step
-    roots = np.array([root(unit) for unit in range(H)])
-    _, first_index = np.unique(roots, return_index=True)
-    ordered_roots = roots[np.sort(first_index)]
-    relabel = {r: i for i, r in enumerate(ordered_roots)}
-    return np.array([relabel[r] for r in roots], dtype=np.int64)
-
-
 def units_to_prune(hidden_size: int, ratio: float) -> int:
     """R = round(ratio * H), keeping at least one unit."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) or not 0.0 <= ratio < 1.0:
@@ -185,13 +80,43 @@ def units_to_prune(hidden_size: int, ratio: float) -> int:
     return min(int(round(ratio * hidden_size)), hidden_size - 1)
 
 
+def final_norm_importance(source, layer: str | None = None):
+    """The default importance of a unit (METHOD section 5): the L2 norm of its final weight vector.
+
+    source: a Trajectory (its last snapshot) or an RNNLanguageModel (its current weights). With a
+    layer name, that layer's (H,) float64 array; without, {layer: (H,) array} for every layer,
+    ready for `select_units(..., importance=...)`.
+    """
+    if hasattr(source, "final_unit_vectors"):
+        names = source.layers
+    elif hasattr(source, "rnns") and hasattr(source, "layer_names"):
+        names = source.layer_names
+    else:
+        raise InvalidInputError(f"final_norm_importance needs a Trajectory or an RNNLanguageModel; "
+                                f"got {type(source).__name__}")
+    if layer is None:
+        return {name: final_norm_importance(source, name) for name in names}
+    if layer not in names:
+        raise InvalidInputError(f"no layer {layer!r}; the layers are {list(names)}")
+    if hasattr(source, "final_unit_vectors"):
+        final = source.final_unit_vectors(layer, dtype=np.float64)
+    else:
+        rnn = source.rnns[names.index(layer)]
+        H = rnn.hidden_size
+        rows = np.concatenate([rnn.weight_ih_l0.detach().cpu().double().numpy(),
+                               rnn.weight_hh_l0.detach().cpu().double().numpy()], axis=1)  # (G*H, D+H)
+        final = rows.reshape(-1, H, rows.shape[1]).transpose(1, 0, 2).reshape(H, -1)  # w_k, METHOD section 2
+    return np.linalg.norm(final, axis=1)
+
+
 def select_units(distances, ratio, criterion: str = "dynamics", importance=None, seed: int = 0) -> PruningPlan:
     """Choose units to prune per layer (METHOD section 5).
 
-    distances: an (H, H) array for one layer, or {layer: (H, H) array} (an entry may be None for
-    criteria that don't use distances). ratio: one float in [0, 1) for every layer, or
-    {layer: ratio}. importance: (H,) per layer, or {layer: (H,)}; required by "magnitude",
-    used by "dynamics" to pick each cluster's survivor. Deterministic for a given input and seed.
+    distances: an (H, H) array for one layer (named "" in the plan), or {layer: (H, H) array} (an
+    entry may be None for criteria that don't use distances). ratio: one float in [0, 1) for every
+    layer, or {layer: ratio}. importance: (H,) per layer, or {layer: (H,)}, e.g. from
+    `final_norm_importance`; required by "magnitude", used by "dynamics" to pick each cluster's
+    survivor. Deterministic for a given input and seed.
     """
     if criterion not in CRITERIA:
         raise InvalidInputError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
@@ -204,7 +129,7 @@ def select_units(distances, ratio, criterion: str = "dynamics", importance=None,
     layers = {}
     for name, layer_distances in distance_map.items():
         label = f"layer {name!r}" if name else "the layer"
-        matrix = _validated_distances(layer_distances, label) if layer_distances is not None else None
+        matrix = _checked_layer_distances(layer_distances, label) if layer_distances is not None else None
         weights = importance_map.get(name)
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
@@ -214,7 +139,10 @@ def select_units(distances, ratio, criterion: str = "dynamics", importance=None,
         if matrix is None and chooser.needs_distances and not nothing_to_prune:
             raise InvalidInputError(f"criterion {criterion!r} needs the distance matrix of {label}")
         if weights is None and chooser.needs_importance:
-            raise InvalidInputError(f"criterion {criterion!r} needs unit importances for {label}")
+            raise InvalidInputError(
+                f"criterion {criterion!r} needs unit importances for {label}: pass "
+                f"importance=final_norm_importance(trajectory, layer) (the norms of the final weight vectors), "
+                f"or importance=final_norm_importance(trajectory) with distances given per layer")
         H = matrix.shape[0] if matrix is not None else weights.shape[0]
         if weights is not None and weights.shape[0] != H:
             raise InvalidInputError(f"importance for {label} has {weights.shape[0]} entries but the layer has {H} units")
@@ -246,15 +174,8 @@ def _per_layer(value, layers: Mapping, what: str, single: bool, broadcast: bool 
     raise InvalidInputError(f"{what} must be given per layer as a dict when there are several layers")
 
 
-def _validated_distances(distances, label: str) -> np.ndarray:
-    D = np.asarray(distances, dtype=np.float64)
-    if D.ndim != 2 or D.shape[0] != D.shape[1] or D.shape[0] == 0:
+def _checked_layer_distances(distances, label: str) -> np.ndarray:
+    D = check_distances(distances, f"distances for {label}")
+    if D.shape[0] == 0:
         raise InvalidInputError(f"distances for {label} must be a square (H, H) matrix; got shape {D.shape}")
-    if not np.isfinite(D).all():
-        raise InvalidInputError(f"distances for {label} contain NaN or Inf")
-    # exact symmetry (what dynamics_distances returns) is a cheap check; only otherwise compare
-    # within a tolerance, which costs ~15x more on a 1500 x 1500 matrix
-    symmetric = np.array_equal(D, D.T) or np.abs(D - D.T).max() <= 1e-9 * max(1.0, float(np.abs(D).max()))
-    if D.min() < 0 or not symmetric:
-        raise InvalidInputError(f"distances for {label} must be symmetric and non-negative")
     return D

@@ -3,7 +3,7 @@
     from analysis import jobs
     job = jobs.submit(["train", "--preset", "synthetic-tiny", "--data", "synthetic:0", "--out", "runs/a"])
     jobs.get_job(job.id).state          # queued | running | succeeded | failed | cancelled | lost
-    jobs.read_metrics(job.id)           # records of <out>/metrics.jsonl so far
+    jobs.read_metrics(job.id)           # records of the output run's metrics file so far
     jobs.cancel(job.id); jobs.resume(job.id)
 
 A job lives in <DYNAPRUNE_HOME>/jobs/<id>/ (spec.json, status.json, log.txt). At most max_jobs

@@ -15,7 +15,8 @@ from typing import Iterable
 
 import analysis
 from analysis.errors import InvalidInputError
-from analysis.utils.fileio import atomic_write_json, read_json_lines
+from analysis.runs import read_run_metrics
+from analysis.utils.fileio import atomic_write_json
 from analysis.jobs import store
 from analysis.jobs.process import is_alive, process_token, signal_group
 from analysis.jobs.store import Job, JobStateError
@@ -304,8 +305,8 @@ def read_log(job_id: str, *, tail: int | None = None, home: str | os.PathLike | 
 
 
 def read_metrics(job_id: str, *, home: str | os.PathLike | None = None) -> list[dict]:
-    """The records the job's command appended to <out dir>/metrics.jsonl so far (empty if none)."""
+    """The records the job's command appended to its output directory's metrics file so far (empty if none)."""
     job = _usable(get_job(job_id, home=home))
     if not job.out_dir:
         return []
-    return read_json_lines(Path(job.out_dir) / "metrics.jsonl")
+    return read_run_metrics(job.out_dir)

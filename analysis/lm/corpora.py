@@ -139,6 +139,18 @@ class Corpus:
     def sizes(self) -> dict[str, int]:
         return {"vocab": len(self.vocab), **{name: int(self.split(name).numel()) for name in SPLITS}}
 
+    def check_vocabulary(self, model: str, vocab_size: int | None, vocab_json=None,
+                         remedy: str = "pass --data with the model's own corpus") -> None:
+        """InvalidInputError unless this corpus has the vocabulary the `model` (a name for messages)
+        was trained with: `vocab_size` words and, where the model recorded them (`vocab_json`), the
+        same words with the same ids."""
+        if vocab_size is not None and int(vocab_size) != len(self.vocab):
+            raise InvalidInputError(f"{model} has a {vocab_size}-word vocabulary but corpus {self.source} has "
+                                    f"{len(self.vocab)} words; {remedy}")
+        if vocab_json is not None and Vocabulary.from_json(vocab_json) != self.vocab:
+            raise InvalidInputError(f"corpus {self.source} has a different vocabulary from the one {model} was "
+                                    f"trained with; {remedy}")
+
 
 def load_corpus(spec: str, *, cache_dir: str | os.PathLike | None = None, download: bool = False) -> Corpus:
     """Load a corpus from a spec string.

@@ -15,13 +15,17 @@ from analysis.lm.corpora import batchify, get_batch
 from analysis.errors import InvalidInputError
 from analysis.lm.model import RNNLanguageModel
 
+# How every perplexity in this project is measured (METHOD section 9): 10 columns, 35-token windows.
+EVAL_BATCH_SIZE = 10
+EVAL_BPTT = 35
+
 
 def perplexity(mean_nll: float) -> float:
     return math.exp(min(mean_nll, 700.0))
 
 
 @torch.no_grad()
-def evaluate(model: RNNLanguageModel, data: torch.Tensor, batch_size: int = 10, bptt: int = 35,
+def evaluate(model: RNNLanguageModel, data: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bptt: int = EVAL_BPTT,
              max_batches: int | None = None) -> tuple[float, int]:
     """Mean next-token negative log-likelihood over a 1-D token stream, and the number of tokens scored.
 

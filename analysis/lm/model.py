@@ -7,13 +7,11 @@ can have different hidden sizes once units are pruned. Parameter names therefore
 
     config = ModelConfig(vocab_size=10000, **PRESETS["ptb-small"]["model"])
     model = RNNLanguageModel(config)
-    save_model("best.pt", model, vocab, {"data_source": "ptb"})
+    save_model("runs/ptb-small/model.pt", model, vocab, {"data_source": "ptb"})
     model, info = load_model("runs/ptb-small")        # a checkpoint file or a run directory
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +20,17 @@ import torch
 from torch import nn
 
 from analysis.utils.configs import PlainConfig
-from analysis.errors import CheckpointError, InvalidInputError, UnsafeCheckpointError
+from analysis.errors import CheckpointError, InvalidInputError
+from analysis.runs import resolve_model_path
+from analysis.trajectories.checkpoints import read_torch_file
+from analysis.trajectories.layers import GATES_PER_KIND
 from analysis.utils.fileio import atomic_path
 
 RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN}
-# Gate blocks per hidden unit, in PyTorch's row order (METHOD section 2).
-GATES_PER_UNIT = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
+# Gate blocks per hidden unit; the torch class name is the layer kind of the one gate table.
+GATES_PER_UNIT = {rnn_type: GATES_PER_KIND[module.__name__] for rnn_type, module in RNN_TYPES.items()}
 
 MODEL_FORMAT = "dynaprune-model"
-BEST_MODEL_FILE = "best.pt"
-LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
-PRUNED_MODEL_FILE = "final.pt"  # the result of a pruning pipeline (analysis.pruning.pipeline)
 
 
 @dataclass
@@ -77,6 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "dropout": 0.0, "tie_weights": False, "init_range": 0.1},
         # Zaremba et al. sum the loss over the bptt steps (lr 1, clip 5); with the mean token loss
         # used here the same updates need lr x bptt and clip / bptt.
+        "training": {"epochs": 13, "lr": 20.0, "lr_decay": 0.5, "decay_after_epoch": 4,
+                     "clip": 0.25, "bptt": 20, "batch_size": 20},
+        "data": "ptb",
+    },
+    # ptb-small with GRU layers: a second architecture for checking pruning criteria (docs/criteria.md).
+    "ptb-small-gru": {
+        "model": {"embedding_size": 200, "hidden_sizes": [200, 200], "rnn_type": "GRU",
+                  "dropout": 0.0, "tie_weights": False, "init_range": 0.1},
         "training": {"epochs": 13, "lr": 20.0, "lr_decay": 0.5, "decay_after_epoch": 4,
                      "clip": 0.25, "bptt": 20, "batch_size": 20},
         "data": "ptb",
@@ -257,37 +263,15 @@ def save_model(path: str | Path, model: RNNLanguageModel, vocab: Any, extra: dic
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict without executing code; clear errors for missing, corrupt or unsafe files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load, it holds objects other than tensors and plain types ({error}); "
-            f"only load checkpoints from sources you trust, and re-save them as plain state") from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
+    data = read_torch_file(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(data).__name__}")
     return data
 
 
-def resolve_model_path(path: str | Path) -> Path:
-    """A run directory stands for its best model (or, before the first epoch ends, its last checkpoint);
-    a pruning pipeline's directory for its final model."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (BEST_MODEL_FILE, PRUNED_MODEL_FILE, LAST_CHECKPOINT_FILE):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: run directory holds neither {BEST_MODEL_FILE} nor {LAST_CHECKPOINT_FILE} (nor "
-                              f"{PRUNED_MODEL_FILE}, a finished pruning run's model); has training finished its first epoch?")
-    return path
-
-
 def load_model(path: str | Path) -> tuple[RNNLanguageModel, dict]:
-    """Load a model file (or a run directory's best model). Returns (model in eval mode, info).
+    """Load a model file, or the model of a run directory (`analysis.runs.resolve_model_path`).
+    Returns (model in eval mode, info).
 
     info holds everything in the checkpoint but the weights: model_config, vocab (JSON form),
     data_source and any extras, plus "path".

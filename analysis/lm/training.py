@@ -1,25 +1,24 @@
 """Training word-level language models, recording the recurrent weights' trajectory.
 
-    result = train_language_model("runs/small", load_corpus("ptb"), model_config, TrainConfig.from_preset("ptb-small"))
+    result = train_language_model("runs/small", corpus=load_corpus("ptb"), model_config=model_config,
+                                  train_config=TrainConfig.from_preset("ptb-small"))
 
-A run directory holds run.json (configs, data source), vocab.json, metrics.jsonl (one event per
-line), checkpoint_last.pt (resumable; plain tensors and types only), best.pt (best validation
-loss, see analysis.lm.model.save_model) and trajectory/ (analysis.trajectories.recorder). Calling the function again
-on the same directory resumes exactly where it stopped; SIGTERM stops it after the current batch
-with a checkpoint written. The loop also serves fine-tuning: pass `initial_model` (a pruned
-student), `teacher` (distillation, METHOD section 8) and `extra_loss` (e.g. a regulariser).
-The settings (TrainConfig) live in analysis.lm.training_config, scoring (`evaluate`) in analysis.lm.evaluation.
+A run directory (layout: analysis.runs) holds the run's description, its vocabulary, its events
+(one per line), a resumable checkpoint, the model with the best validation loss
+(analysis.lm.model.save_model) and the recorded trajectory (analysis.trajectories.recorder).
+Calling the function again on the same directory resumes exactly where it stopped
+(analysis.lm.run_state); SIGTERM stops it after the current batch with a checkpoint written. The
+loop also serves fine-tuning: pass `initial_model` (a pruned student), `teacher` (distillation,
+METHOD section 8) and `extra_loss` (e.g. a regulariser). The settings (TrainConfig) live in
+analysis.lm.training_config, scoring (`evaluate`) in analysis.lm.evaluation.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,21 +28,18 @@ from tqdm import tqdm
 
 from analysis.utils.allocator import reuse_freed_memory
 from analysis.lm.corpora import Corpus, batchify, get_batch
-from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
+from analysis.errors import DynapruneError, InvalidInputError
 from analysis.lm.evaluation import evaluate, perplexity
-from analysis.utils.fileio import append_json_line, atomic_path, atomic_write_json, atomic_write_text, read_json_object
-from analysis.lm.model import (BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, ModelConfig, RNNLanguageModel, check_plain,
-                         load_model, read_checkpoint, save_model)
+from analysis.utils.fileio import append_json_line
+from analysis.utils.progress import ProgressCallback, ProgressUpdate
+from analysis.lm.model import ModelConfig, RNNLanguageModel, load_model, save_model
+from analysis.lm.run_state import Progress, TrainingState, describe_run, open_run_dir, restore, write_checkpoint
+from analysis.runs import BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE, TRAJECTORY_DIR
 from analysis.trajectories.recorder import TrajectoryRecorder
-from analysis.pruning.regularization import distillation_loss
+from analysis.pruning.distillation import distillation_loss
 from analysis.utils.stopping import StopFlag, sigterm_requests_stop
-from analysis.lm.training_config import (OPTIMIZERS, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS, TrainConfig,
-                                      resolve_record_every, steps_per_epoch)
-
-RUN_FILE, VOCAB_FILE, METRICS_FILE, TRAJECTORY_DIR = "run.json", "vocab.json", "metrics.jsonl", "trajectory"
-RUN_ARTIFACTS = (RUN_FILE, VOCAB_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, BEST_MODEL_FILE)
-CHECKPOINT_FORMAT = "dynaprune-train-checkpoint"
-_RESUME_FREE_FIELDS = ("log_interval",)  # may change between a run and its resumption
+from analysis.lm.training_config import (OPTIMIZERS, TEACHER_PRECISIONS, TrainConfig, resolve_record_every,
+                                      steps_per_epoch)
 
 
 class TrainingInterrupted(DynapruneError):
@@ -79,55 +75,29 @@ class TrainResult:
     resumed: bool
 
 
-@dataclass
-class _Progress:
-    """Where training stands; saved in every checkpoint so a run resumes exactly."""
-    epoch: int = 1          # the epoch in progress (1-based)
-    batch: int = 0          # the next batch of that epoch
-    step: int = 0           # optimiser steps taken
-    best_val_loss: float = math.inf
-    elapsed_s: float = 0.0
-    epoch_loss_sum: float = 0.0
-    epoch_batches: int = 0
-    interval_loss_sum: float = 0.0
-    interval_batches: int = 0
-    test_loss: float | None = None
-    finished: bool = False
-
-
-def _fingerprint(tensors) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _hidden_to(hidden, device):
-    if isinstance(hidden, torch.Tensor):
-        return hidden.to(device)
-    return type(hidden)(_hidden_to(h, device) for h in hidden)
-
-
-def train_language_model(run_dir: str | Path, corpus: Corpus, model_config: ModelConfig | None,
-                         train_config: TrainConfig, *, initial_model: RNNLanguageModel | None = None,
+def train_language_model(out_dir: str | Path, *, corpus: Corpus, train_config: TrainConfig,
+                         model_config: ModelConfig | None = None, initial_model: RNNLanguageModel | None = None,
                          teacher: RNNLanguageModel | None = None,
                          extra_loss: Callable[[LossContext], torch.Tensor | None] | None = None,
                          on_epoch_start: Callable[[RNNLanguageModel, int], None] | None = None,
-                         overwrite: bool = False, progress: bool = True, evaluate_test: bool = True,
+                         overwrite: bool = False, progress: ProgressCallback | None = None, evaluate_test: bool = True,
                          device: str | torch.device = "cpu", log: Callable[[str], None] | None = print) -> TrainResult:
-    """Train (or resume training) a language model into `run_dir`; see the module docstring.
+    """Train (or resume training) a language model into the run directory `out_dir`; see the module
+    docstring.
 
-    `initial_model` starts from given weights (a copy is trained; the argument is left untouched).
+    The model is built from `model_config`, or `initial_model` starts from given weights (a copy is
+    trained; the argument is left untouched).
     With a `teacher`, the task loss becomes (1 - alpha) CE + alpha tau^2 KL(teacher || student).
     `extra_loss(context)` returns a term added to the loss (or None). `on_epoch_start(model, epoch)`
     runs before each epoch, e.g. to refresh importances; callbacks' own state is not checkpointed.
-    After the last epoch the best model is scored on the test split (`evaluate_test`).
+    After the last epoch the best model is scored on the test split (`evaluate_test`). `progress`
+    hears of every batch (task "epoch e/E"; TerminalProgress draws it as a bar).
     Raises TrainingInterrupted after SIGTERM, once the checkpoint is written. On glibc systems it
     first sets the process's malloc to keep freed memory (`analysis.utils.allocator.reuse_freed_memory`):
     the per-step (tokens x vocabulary) buffers then stop costing page faults.
     """
     reuse_freed_memory()
-    trainer = _Trainer(Path(run_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
+    trainer = _Trainer(Path(out_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
                        torch.device(device), overwrite, log)
     with sigterm_requests_stop() as stop:  # SIGTERM: stop after the current batch, checkpoint written
         trainer.train(stop, extra_loss, on_epoch_start, progress)
@@ -153,16 +123,10 @@ class _Trainer:
         if self.n_batches < 1:
             raise InvalidInputError(f"the training split of {corpus.source} is too short for batch size {config.batch_size}")
         self.record_every = resolve_record_every(config, corpus.train.numel())
-        vocab_bytes = torch.frombuffer(bytearray("\n".join(corpus.vocab.itos).encode("utf-8")), dtype=torch.uint8)
-        self.run_info = {
-            "format": "dynaprune-run", "format_version": 1, "model_config": model_config.to_dict(),
-            "train_config": {**config.to_dict(), "record_every": self.record_every},
-            "data_source": corpus.source, "vocab_size": len(corpus.vocab),
-            "data_fingerprint": _fingerprint([vocab_bytes, corpus.train, corpus.valid]),
-            "initial_model_sha256": None if initial_model is None else _fingerprint(initial_model.state_dict().values()),
-            "teacher_sha256": None if teacher is None else _fingerprint(teacher.state_dict().values())}
+        self.run_info = describe_run(corpus, model_config, {**config.to_dict(), "record_every": self.record_every},
+                                     initial_model, teacher)
         self.checkpoint_path = run_dir / LAST_CHECKPOINT_FILE
-        state = self._open_run_dir(overwrite)
+        checkpoint = open_run_dir(run_dir, self.run_info, corpus.vocab.to_json(), overwrite)
 
         torch.manual_seed(config.seed)
         self.model = copy.deepcopy(initial_model) if initial_model is not None else RNNLanguageModel(model_config)
@@ -173,12 +137,17 @@ class _Trainer:
             self.teacher.set_inference_precision(TEACHER_PRECISIONS[config.teacher_precision])
         self.optimizer = OPTIMIZERS[config.optimizer](self.model.parameters(), lr=config.lr)
         self.train_data = batchify(corpus.train, config.batch_size).to(device)
-        self.progress = _Progress()
+        self.progress = Progress()
         self.hidden = self.teacher_hidden = None
         self.metrics: list[dict] = []
-        self.resumed = state is not None
-        if state is not None:
-            self._restore(state)
+        self.resumed = checkpoint is not None
+        if checkpoint is not None:
+            state = restore(checkpoint, run_dir, self.model, self.optimizer, device)
+            self.progress, self.hidden, self.teacher_hidden, self.metrics = (state.progress, state.hidden,
+                                                                             state.teacher_hidden, state.metrics)
+            if not self.progress.finished:
+                _log(log, f"resuming {run_dir} at epoch {self.progress.epoch}, batch {self.progress.batch} "
+                          f"(step {self.progress.step})")
         self.recorder = None
         if self.record_every > 0:
             self.recorder = TrajectoryRecorder(self.model, run_dir / TRAJECTORY_DIR, every=self.record_every,
@@ -186,71 +155,9 @@ class _Trainer:
             if not self.resumed:
                 self.recorder.record(0, epoch=0, metrics={"lr": config.lr_at_step(0, self.n_batches)})
 
-    def _open_run_dir(self, overwrite: bool) -> dict | None:
-        """The checkpoint to resume from, if any; otherwise a cleared run directory."""
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise InvalidInputError(f"{self.run_dir} is a file; choose a directory for the run")
-        if not overwrite and (self.run_dir / RUN_FILE).is_file() and self.checkpoint_path.is_file():
-            self._check_resumable(read_json_object(self.run_dir / RUN_FILE, "the run description",
-                                                   "use another output directory or --overwrite"))
-            state = read_checkpoint(self.checkpoint_path)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint; use another output directory")
-        else:
-            state = None
-            # only this module's own files: the directory may hold other things of the user's
-            for name in RUN_ARTIFACTS:
-                (self.run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / TRAJECTORY_DIR, ignore_errors=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / METRICS_FILE, "")
-        atomic_write_json(self.run_dir / RUN_FILE, self.run_info)
-        atomic_write_json(self.run_dir / VOCAB_FILE, self.corpus.vocab.to_json())
-        return state
-
-    def _check_resumable(self, stored: dict) -> None:
-        differences = [key for key in ("model_config", "data_fingerprint", "vocab_size", "initial_model_sha256",
-                                       "teacher_sha256") if stored.get(key) != self.run_info[key]]
-        old, new = {**SETTINGS_OF_OLDER_RUNS, **stored.get("train_config", {})}, self.run_info["train_config"]
-        differences += [f"train_config.{key}" for key in sorted(set(old) | set(new))
-                        if key not in _RESUME_FREE_FIELDS and old.get(key) != new.get(key)]
-        if differences:
-            raise CheckpointError(
-                f"{self.run_dir} holds a run with different settings ({', '.join(differences)}), which cannot be "
-                f"resumed with these. Choose another output directory, or pass --overwrite to start it again")
-
-    def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        torch.set_rng_state(state["rng_state"])
-        if self.device.type == "cuda" and state.get("cuda_rng_state") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng_state"], self.device)
-        self.progress = _Progress(**state["progress"])
-        if state["hidden"] is not None:
-            self.hidden = _hidden_to(state["hidden"], self.device)
-        if state["teacher_hidden"] is not None:
-            self.teacher_hidden = _hidden_to(state["teacher_hidden"], self.device)
-        # events logged after this checkpoint (before a crash) will be logged again
-        self.metrics = list(state["metrics"])
-        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics))
-        if not self.progress.finished:
-            _log(self.log, f"resuming {self.run_dir} at epoch {self.progress.epoch}, batch {self.progress.batch} "
-                           f"(step {self.progress.step})")
-
     def _write_checkpoint(self) -> None:
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT, "format_version": 1, "model_config": self.model.config.to_dict(),
-            "model_state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer_state": self.optimizer.state_dict(), "vocab": self.corpus.vocab.to_json(),
-            "data_source": self.corpus.source, "train_config": self.run_info["train_config"],
-            "rng_state": torch.get_rng_state(),
-            "cuda_rng_state": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "hidden": None if self.hidden is None else _hidden_to(self.hidden, "cpu"),
-            "teacher_hidden": None if self.teacher_hidden is None else _hidden_to(self.teacher_hidden, "cpu"),
-            "progress": asdict(self.progress), "metrics": self.metrics}
-        check_plain(checkpoint, str(self.checkpoint_path))
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(checkpoint, tmp)
+        write_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.corpus, self.run_info, self.device,
+                         TrainingState(self.progress, self.hidden, self.teacher_hidden, self.metrics))
 
     def _emit(self, event: dict) -> None:
         self.metrics.append(event)
@@ -262,37 +169,34 @@ class _Trainer:
                                    f"written to {self.checkpoint_path}; run the same command again to resume",
                                    self.checkpoint_path)
 
-    def train(self, stop: StopFlag, extra_loss, on_epoch_start, show_progress: bool) -> None:
+    def train(self, stop: StopFlag, extra_loss, on_epoch_start, progress: ProgressCallback | None) -> None:
         config, p = self.config, self.progress
         started = time.monotonic() - p.elapsed_s
-        per_step_lr = config.lr_schedule != "step"
         while p.epoch <= config.epochs:
             epoch = p.epoch
-            lr = self._set_lr()
             if on_epoch_start is not None:
                 on_epoch_start(self.model, epoch)
             if p.batch == 0:
                 self.hidden = self.model.init_hidden(config.batch_size)
                 self.teacher_hidden = None if self.teacher is None else self.teacher.init_hidden(config.batch_size)
-            with tqdm(total=self.n_batches, initial=p.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                      leave=False, disable=not (show_progress and sys.stderr.isatty())) as bar:
-                while p.batch < self.n_batches and not stop.requested:
-                    if per_step_lr:
-                        lr = self._set_lr()
-                    loss = self._train_batch(epoch, extra_loss)
-                    p.step, p.batch = p.step + 1, p.batch + 1
-                    p.epoch_loss_sum, p.epoch_batches = p.epoch_loss_sum + loss, p.epoch_batches + 1
-                    p.interval_loss_sum, p.interval_batches = p.interval_loss_sum + loss, p.interval_batches + 1
-                    bar.update(1)
-                    if p.interval_batches >= config.log_interval:
-                        mean = p.interval_loss_sum / p.interval_batches
-                        self._emit({"event": "train", "epoch": epoch, "step": p.step, "batch": p.batch,
-                                    "train_loss": mean, "train_ppl": perplexity(mean), "lr": lr,
-                                    "elapsed_s": time.monotonic() - started})
-                        bar.set_postfix(ppl=f"{perplexity(mean):.1f}")
-                        p.interval_loss_sum, p.interval_batches = 0.0, 0
-                    if self.recorder is not None and p.step % self.record_every == 0:
-                        self.recorder.record(p.step, epoch=epoch, metrics={"train_loss": loss, "lr": lr})
+            task, detail = f"epoch {epoch}/{config.epochs}", ""
+            while p.batch < self.n_batches and not stop.requested:
+                lr = self._set_lr()
+                loss = self._train_batch(epoch, extra_loss)
+                p.step, p.batch = p.step + 1, p.batch + 1
+                p.epoch_loss_sum, p.epoch_batches = p.epoch_loss_sum + loss, p.epoch_batches + 1
+                p.interval_loss_sum, p.interval_batches = p.interval_loss_sum + loss, p.interval_batches + 1
+                if p.interval_batches >= config.log_interval:
+                    mean = p.interval_loss_sum / p.interval_batches
+                    self._emit({"event": "train", "epoch": epoch, "step": p.step, "batch": p.batch,
+                                "train_loss": mean, "train_ppl": perplexity(mean), "lr": lr,
+                                "elapsed_s": time.monotonic() - started})
+                    detail = f"ppl {perplexity(mean):.1f}"
+                    p.interval_loss_sum, p.interval_batches = 0.0, 0
+                if progress:
+                    progress(ProgressUpdate(task, p.batch, self.n_batches, detail))
+                if self.recorder is not None and p.step % self.record_every == 0:
+                    self.recorder.record(p.step, epoch=epoch, metrics={"train_loss": loss, "lr": lr})
             p.elapsed_s = time.monotonic() - started
             if p.batch < self.n_batches:  # stop requested mid-epoch
                 self._write_checkpoint()

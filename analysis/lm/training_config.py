@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from analysis.utils.configs import PlainConfig
+from analysis.utils.options import option
 from analysis.errors import InvalidInputError
+from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT
 from analysis.lm.model import preset
 
 TARGET_SNAPSHOTS = 40
@@ -25,27 +27,30 @@ SETTINGS_OF_OLDER_RUNS = {"lr_schedule": "step", "teacher_precision": "float32"}
 class TrainConfig(PlainConfig):
     config_name = "training config"
 
-    epochs: int = 13
-    optimizer: str = "sgd"           # "sgd" (the reference setting) or "adam"
-    lr: float = 1.0
-    lr_decay: float = 0.5            # multiply the rate by this each epoch after `decay_after_epoch`
-    decay_after_epoch: int = 4
-    lr_schedule: str = "step"        # "step": the per-epoch decay above; "cosine": lr to 0 over the run's steps
-    clip: float = 5.0                # gradient-norm clipping; 0 disables
-    bptt: int = 20
-    batch_size: int = 20
-    eval_batch_size: int = 10
-    eval_bptt: int = 35
-    seed: int = 1111
-    record_every: int | None = None  # steps between snapshots; None: about 40 per run; 0: no trajectory
-    record_dtype: str = "float32"
-    log_interval: int = 200
-    max_batches_per_epoch: int | None = None  # caps for dry runs
-    max_eval_batches: int | None = None
-    distill_alpha: float = 0.5                # used only with a teacher
-    distill_temperature: float = 2.0
-    teacher_precision: str = "float32"        # of the teacher's decoder product; "bfloat16": about 3x faster on
-                                              # CPUs with bfloat16 units (RNNLanguageModel.set_inference_precision)
+    epochs: int = option(13, "number of epochs")
+    optimizer: str = option("sgd", "sgd (the reference setting) or adam", choices=sorted(OPTIMIZERS))
+    lr: float = option(1.0, "initial learning rate")
+    lr_decay: float = option(0.5, "step schedule: multiply the rate by this each epoch after decay_after_epoch")
+    decay_after_epoch: int = option(4, "step schedule: epochs at the initial rate")
+    lr_schedule: str = option("step", "step: the per-epoch decay; cosine: the rate falls to 0 over the run's steps",
+                              choices=LR_SCHEDULES)
+    clip: float = option(5.0, "gradient-norm clipping; 0 disables it")
+    bptt: int = option(20, "steps of backpropagation through time")
+    batch_size: int = option(20, "training batch size")
+    eval_batch_size: int = option(EVAL_BATCH_SIZE, "evaluation batch size")
+    eval_bptt: int = option(EVAL_BPTT, "evaluation sequence length")
+    seed: int = option(1111, "random seed")
+    record_every: int | None = option(None, "steps between trajectory snapshots; none: about 40 snapshots per run; "
+                                            "0: no trajectory")
+    record_dtype: str = option("float32", "precision of the snapshots", choices=["float32", "float16"])
+    log_interval: int = option(200, "batches between progress lines")
+    max_batches_per_epoch: int | None = option(None, "cap on the batches of an epoch (dry runs); none: all")
+    max_eval_batches: int | None = option(None, "cap on the batches of an evaluation (dry runs); none: all")
+    distill_alpha: float = option(0.5, "weight of the distillation term (only with a teacher)")
+    distill_temperature: float = option(2.0, "distillation temperature (only with a teacher)")
+    # "bfloat16": about 3x faster on CPUs with bfloat16 units (RNNLanguageModel.set_inference_precision)
+    teacher_precision: str = option("float32", "precision of the teacher's output layer (only with a teacher)",
+                                    choices=sorted(TEACHER_PRECISIONS))
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "lr", "lr_decay", "bptt", "batch_size", "eval_batch_size", "eval_bptt",

@@ -5,62 +5,52 @@ cross-entropy, distillation from the teacher and discrimination-aware L2, record
 trajectory for the next stage.
 
     config = PipelineConfig(ratio=0.5, stages=3, criterion="dynamics", epochs_per_stage=2)
-    result = run_pruning_pipeline("sample_checkpoints/synthetic", "runs/prune-a", config)
+    result = run_pruning_pipeline("runs/prune-a", source="sample_checkpoints/synthetic", config=config)
 
-The output directory holds pipeline.json (the options, the source, the corpus), metrics.jsonl (the
-events baseline, stage_start, epoch, stage_end, final), stage_<s>/ (a training run directory of
-stage s, plus plan.json, the units it pruned, and importances.json) and final.pt (an ordinary
-model file). Every file is written atomically; running the same call again continues where it
+The output directory (layout: analysis.runs) holds the pipeline's description (the options, the
+source, the corpus), its events (baseline, stage_start, epoch, stage_end, final), one folder per
+stage (a training run directory, plus the plan of the units it pruned and the importances the
+penalty used) and the final model (an ordinary model file). What the pipeline starts from is
+resolved in analysis.pruning.source; each stage's units and settings come from
+analysis.pruning.stages. Every file is written atomically; running the same call again continues where it
 stopped: finished stages are skipped and an interrupted stage resumes from its checkpoint. SIGTERM
 stops it with PipelineInterrupted: at once outside training, after the current batch while training.
 """
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
 from analysis.lm.evaluation import evaluate, perplexity
 from analysis.utils.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines, read_json_object
-from analysis.lm.model import BEST_MODEL_FILE, PRUNED_MODEL_FILE, RNNLanguageModel, load_model, save_model
-from analysis.pruning.regularization import DEFAULT_CALIBRATION_BATCHES, DiscriminationAwareL2
-from analysis.dynamics.selection import CRITERIA, PruningPlan, select_units, units_to_prune
+from analysis.lm.model import RNNLanguageModel, load_model, save_model
+from analysis.lm.run_state import fingerprint
+from analysis.pruning.da_l2 import DiscriminationAwareL2
+from analysis.dynamics.selection import PruningPlan
+from analysis.runs import (BEST_MODEL_FILE, FINAL_MODEL_FILE, IMPORTANCE_FILE, METRICS_FILE, PIPELINE_FILE, PLAN_FILE,
+                           list_stages, stage_path)
+from analysis.utils.progress import ProgressCallback
 from analysis.utils.stopping import sigterm_requests_stop
 from analysis.pruning.surgery import count_parameters, prune_units
 from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
-from analysis.lm.training import (METRICS_FILE, RUN_FILE, TRAJECTORY_DIR, TrainConfig, TrainingInterrupted,
-                               steps_per_epoch, train_language_model)
-from analysis.lm.training_config import LR_SCHEDULES, SETTINGS_OF_OLDER_RUNS, TEACHER_PRECISIONS
+from analysis.pruning.source import READ_REMEDY, resolve_source
+from analysis.pruning.stages import choose_units, stage_train_config
+from analysis.lm.training import TrainingInterrupted, train_language_model
+from analysis.lm.training_config import SETTINGS_OF_OLDER_RUNS
 
-PIPELINE_FILE, FINAL_MODEL_FILE = "pipeline.json", PRUNED_MODEL_FILE
-PLAN_FILE, IMPORTANCE_FILE = "plan.json", "importances.json"
 PIPELINE_FORMAT = "dynaprune-pipeline"
-_REMEDY = "use another output directory or --overwrite"  # for a JSON file of the run that cannot be read
 
 
 class PipelineInterrupted(DynapruneError):
     """The pipeline stopped on SIGTERM; running it again with the same options continues it."""
-
-
-@dataclass
-class PipelineSource:
-    """What the pipeline starts from: the model, its trajectory, its corpus and training settings."""
-    path: Path
-    model: RNNLanguageModel
-    model_path: Path
-    trajectory_dir: Path | None
-    data_source: str | None
-    train_config: dict
-    vocab: Any
 
 
 @dataclass
@@ -73,102 +63,20 @@ class PipelineResult:
     events: list[dict]
 
 
-def resolve_source(path: str | Path) -> PipelineSource:
-    """A training run directory, a sample directory (same layout), a pipeline output (its final
-    model and last stage's trajectory) or a model file (the trajectory of its directory, if any)."""
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(f"{path}: no such run directory or checkpoint")
-    root = path if path.is_dir() else path.parent
-    trajectory_dir = root if (root / TRAJECTORY_DIR).is_dir() else None
-    if path.is_dir() and (path / PIPELINE_FILE).is_file():  # its last stage trained the final model
-        stages = sorted((int(p.name.split("_")[1]) for p in path.glob("stage_*") if p.name.split("_")[1].isdigit()))
-        if not (path / FINAL_MODEL_FILE).is_file() or not stages:
-            raise InvalidInputError(f"{path}: this pruning run has not finished; finish it before pruning its result further")
-        root = trajectory_dir = path / f"stage_{stages[-1]}"
-    model, info = load_model(path)
-    run_info = (read_json_object(root / RUN_FILE, "the run description", _REMEDY) if (root / RUN_FILE).is_file()
-                else {})
-    train_config = run_info.get("train_config") or info.get("train_config") or {}
-    return PipelineSource(path=path, model=model.train(), model_path=Path(info["path"]), trajectory_dir=trajectory_dir,
-                          data_source=info.get("data_source") or run_info.get("data_source"),
-                          train_config=dict(train_config), vocab=info.get("vocab"))
-
-
-def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, n_train_tokens: int) -> TrainConfig:
-    """Fine-tuning settings of one stage: the source run's, with this pipeline's epochs, rate, seed,
-    distillation and snapshot interval."""
-    known = {f.name for f in fields(TrainConfig)}
-    base = TrainConfig.from_dict({k: v for k, v in source_config.items() if k in known})
-    settings = base.to_dict()
-    settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
-                    lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
-                    decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule,
-                    seed=config.seed + stage,
-                    distill_alpha=config.kd_alpha, distill_temperature=config.kd_tau,
-                    teacher_precision=config.teacher_precision, record_every=1)
-    if config.dry_run:
-        settings.update(max_batches_per_epoch=DRY_RUN_LIMITS["max_batches_per_epoch"],
-                        max_eval_batches=DRY_RUN_LIMITS["max_eval_batches"], log_interval=2)
-    train_config = TrainConfig.from_dict(settings)
-    total_steps = train_config.epochs * steps_per_epoch(n_train_tokens, train_config)
-    train_config.record_every = max(1, math.ceil(total_steps / (config.snapshots_per_stage - 1)))
-    return train_config.validate()
-
-
-def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
-                 config: PipelineConfig, stage: int) -> PruningPlan:
-    """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
-    from analysis.trajectories.trajectory import load_trajectory
-
-    sizes = dict(zip(teacher.layer_names, (rnn.hidden_size for rnn in teacher.rnns)))
-    trajectory = None
-    if trajectory_dir is not None:
-        trajectory = load_trajectory(trajectory_dir)
-        for layer, size in sizes.items():
-            if layer not in trajectory.layers or trajectory.layer_info(layer).hidden_size != size:
-                raise InvalidInputError(f"{trajectory_dir}: the trajectory does not belong to the model being pruned "
-                                        f"(layer {layer} has {size} units in the model); give the run it came from")
-    elif config.criterion == "dynamics":
-        raise InvalidInputError("the dynamics criterion needs the trajectory the model's weights followed in training; "
-                                "start from a run or sample directory with a trajectory/ folder")
-    distances, importance, ratio = {}, {}, {}
-    for layer in kept_target:
-        ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
-        if trajectory is not None:
-            final = trajectory.final_unit_vectors(layer, dtype=np.float64)
-        else:  # no trajectory: the model's own unit weight vectors are the final ones
-            rnn = teacher.rnns[teacher.layer_names.index(layer)]
-            rows = torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], dim=1).detach().double()
-            final = rows.view(-1, sizes[layer], rows.shape[1]).transpose(0, 1).reshape(sizes[layer], -1).numpy()
-        importance[layer] = np.linalg.norm(final, axis=1)
-        distances[layer] = None
-        if config.criterion == "dynamics" and ratio[layer] > 0:
-            from analysis.dynamics.distances import dynamics_distances
-            from analysis.dynamics.lds import fit_layer
-
-            fit = fit_layer(trajectory, layer, order=min(config.lds_order, len(trajectory) - 1))
-            distances[layer] = dynamics_distances(fit, horizon=config.horizon)
-    plan = select_units(distances, ratio, criterion=config.criterion, importance=importance, seed=config.seed + stage)
-    for layer, target in kept_target.items():
-        if len(plan.layers[layer].kept) != target:
-            raise DynapruneError(f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
-    return plan
-
-
-def run_pruning_pipeline(source: str | Path, out_dir: str | Path, config: PipelineConfig, *, data: str | None = None,
-                         corpus=None, overwrite: bool = False, progress: bool = True, device: str = "cpu",
+def run_pruning_pipeline(out_dir: str | Path, *, source: str | Path, config: PipelineConfig, data: str | None = None,
+                         corpus=None, overwrite: bool = False, progress: ProgressCallback | None = None, device: str = "cpu",
                          log: Callable[[str], None] | None = print) -> PipelineResult:
-    """Prune the model in `source` to `config.ratio` in `config.stages` stages into `out_dir`; see the
-    module docstring. `data` overrides the corpus recorded with the source (`corpus`: one already
-    loaded). Raises PipelineInterrupted after SIGTERM, once everything so far is saved."""
+    """Prune the model in `source` (see resolve_source) to `config.ratio` in `config.stages` stages
+    into the directory `out_dir`; see the module docstring. `data` overrides the corpus recorded
+    with the source (`corpus`: one already loaded). Raises PipelineInterrupted after SIGTERM, once
+    everything so far is saved."""
     return _Pipeline(Path(source), Path(out_dir), config.validate(), data, corpus, overwrite, progress,
                      torch.device(device), log).run()
 
 
 class _Pipeline:
     def __init__(self, source_path, out, config, data, corpus, overwrite, progress, device, log):
-        from analysis.lm.corpora import Vocabulary, load_corpus
+        from analysis.lm.corpora import load_corpus
 
         self.out, self.config, self.progress, self.device, self.log = out, config, progress, device, log
         self.source = resolve_source(source_path)
@@ -176,21 +84,22 @@ class _Pipeline:
         if not spec and corpus is None:
             raise InvalidInputError(f"{self.source.model_path} does not record its corpus; pass --data SPEC")
         self.corpus = corpus if corpus is not None else load_corpus(spec)
-        if self.source.model.config.vocab_size != len(self.corpus.vocab) or (
-                self.source.vocab is not None and Vocabulary.from_json(self.source.vocab).itos != self.corpus.vocab.itos):
-            raise InvalidInputError(f"corpus {self.corpus.source} does not have the vocabulary {self.source.model_path} "
-                                    f"was trained with; pass --data with the model's own corpus")
+        self.corpus.check_vocabulary(str(self.source.model_path), self.source.model.config.vocab_size, self.source.vocab)
         if out.exists() and not out.is_dir():
             raise InvalidInputError(f"{out} is a file; choose a directory for the pruning run")
         original = self.source.model
-        self.kept = {name: config.kept_units(rnn.hidden_size) for name, rnn in zip(original.layer_names, original.rnns)}
+        config.check_layers(original.layer_names)
+        self.kept = {name: config.kept_units(rnn.hidden_size, name)
+                     for name, rnn in zip(original.layer_names, original.rnns)}
         if original.config.tie_weights:  # the last layer must keep the embedding size
             self.kept[original.layer_names[-1]] = [original.rnns[-1].hidden_size] * config.stages
         self.description = {
             "format": PIPELINE_FORMAT, "format_version": 1, "config": config.to_dict(),
             "source": str(self.source.path.resolve()), "source_model": str(self.source.model_path.resolve()),
-            "source_model_sha256": _fingerprint(original), "data_source": self.corpus.source,
-            "original_hidden_sizes": list(original.config.hidden_sizes), "stage_ratios": config.stage_ratios(),
+            "source_model_sha256": fingerprint(original.state_dict()), "data_source": self.corpus.source,
+            "original_hidden_sizes": list(original.config.hidden_sizes), "stage_ratios": (
+                {name: config.stage_ratios(name) for name in original.layer_names} if config.per_layer
+                else config.stage_ratios()),
             "stage_hidden_sizes": [[self.kept[name][s] for name in original.layer_names] for s in range(config.stages)]}
         self._open(overwrite)
         self.events = read_json_lines(out / METRICS_FILE)
@@ -198,8 +107,8 @@ class _Pipeline:
     def _open(self, overwrite: bool) -> None:
         stored_path = self.out / PIPELINE_FILE
         if stored_path.is_file() and not overwrite:
-            stored = read_json_object(stored_path, "the pruning run's description", _REMEDY)
-            old_config = {**SETTINGS_OF_OLDER_RUNS, **(stored.get("config") or {})}
+            stored = read_json_object(stored_path, "the pruning run's description", READ_REMEDY)
+            old_config = {**SETTINGS_OF_OLDER_RUNS, **PipelineConfig.with_current_names(stored.get("config") or {})}
             new_config = self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
                            for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
@@ -208,7 +117,7 @@ class _Pipeline:
                 raise CheckpointError(f"{self.out} holds a pruning run with different settings ({', '.join(differences)}); "
                                       f"choose another output directory, or pass --overwrite to start it again")
             return
-        stage_dirs = [p for p in self.out.glob("stage_*") if p.is_dir()]
+        stage_dirs = list_stages(self.out)
         if stage_dirs and not stored_path.is_file():
             raise InvalidInputError(f"{self.out} holds {stage_dirs[0].name}/ but no {PIPELINE_FILE}; it is not a pruning "
                                     f"run's directory. Choose another output directory")
@@ -219,6 +128,16 @@ class _Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / METRICS_FILE, "")
         atomic_write_json(stored_path, self.description)
+
+    def _stage_ratio(self, stage: int) -> dict:
+        """{"ratio": r_s} after stage `stage`; with per-layer ratios r_s is the fraction of all the
+        original units removed (a number the tables can show) and "layer_ratios" has each layer's."""
+        if not self.config.per_layer:
+            return {"ratio": self.config.stage_ratios()[stage - 1]}
+        original = dict(zip(self.source.model.layer_names, self.source.model.config.hidden_sizes))
+        kept = {name: sizes[stage - 1] for name, sizes in self.kept.items()}
+        return {"ratio": (sum(original.values()) - sum(kept.values())) / sum(original.values()),
+                "layer_ratios": {name: (original[name] - kept[name]) / original[name] for name in original}}
 
     def _emit(self, event: dict) -> None:
         self.events.append(event)
@@ -236,7 +155,7 @@ class _Pipeline:
 
     def _evaluate(self, model: RNNLanguageModel, split: str) -> float:
         limit = DRY_RUN_LIMITS["max_eval_batches"] if self.config.dry_run else None
-        mean_nll, _ = evaluate(model.to(self.device), self.corpus.split(split), 10, 35, limit)
+        mean_nll, _ = evaluate(model.to(self.device), self.corpus.split(split), max_batches=limit)
         return perplexity(mean_nll)
 
     def _reference(self, model: RNNLanguageModel, kind: str) -> dict:
@@ -258,7 +177,7 @@ class _Pipeline:
                           f"{baseline['params_recurrent']} recurrent / {baseline['params_total']} parameters")
             teacher, trajectory_dir = self.source.model, self.source.trajectory_dir
             for stage in range(1, self.config.stages + 1):
-                stage_dir = self.out / f"stage_{stage}"
+                stage_dir = stage_path(self.out, stage)
                 if self._find("stage_end", stage) is None:
                     self._run_stage(stage, stage_dir, teacher, trajectory_dir)
                 teacher, _ = load_model(stage_dir / BEST_MODEL_FILE)
@@ -283,18 +202,18 @@ class _Pipeline:
         target = {name: kept[stage - 1] for name, kept in self.kept.items()}
         plan_path = stage_dir / PLAN_FILE
         if plan_path.is_file():  # chosen before an interruption: reuse it, so the student is the same
-            plan = PruningPlan.from_dict(read_json_object(plan_path, "the stage's pruning plan", _REMEDY))
+            plan = PruningPlan.from_dict(read_json_object(plan_path, "the stage's pruning plan", READ_REMEDY))
         else:
             plan = choose_units(teacher, trajectory_dir, target, config, stage)
-            atomic_write_json(plan_path, {**plan.to_dict(), "stage": stage, "ratio": config.stage_ratios()[stage - 1]})
+            atomic_write_json(plan_path, {**plan.to_dict(), "stage": stage, **self._stage_ratio(stage)})
         student = prune_units(teacher, plan)
         if self._find("stage_start", stage) is None:
             zero_shot = self._evaluate(student, "valid")
             sizes = list(student.config.hidden_sizes)
-            self._emit({"event": "stage_start", "stage": stage, "ratio": config.stage_ratios()[stage - 1],
+            self._emit({"event": "stage_start", "stage": stage, **self._stage_ratio(stage),
                         "hidden_sizes": sizes, "zero_shot_val_ppl": zero_shot, "prepare_s": time.monotonic() - started,
                         **{f"params_{k}": v for k, v in count_parameters(student).items()}})
-            self._say(f"stage {stage}/{config.stages}: ratio {config.stage_ratios()[stage - 1]:.3f}, hidden sizes "
+            self._say(f"stage {stage}/{config.stages}: ratio {self._stage_ratio(stage)['ratio']:.3f}, hidden sizes "
                       f"{sizes}, {count_parameters(student)['total']} parameters, zero-shot valid ppl {zero_shot:.2f}")
         train_config = stage_train_config(self.source.train_config, config, stage, self.corpus.train.numel())
         regularizer = DiscriminationAwareL2(
@@ -309,7 +228,7 @@ class _Pipeline:
             regularizer.on_epoch_start(model, epoch)
 
         try:
-            train_language_model(stage_dir, self.corpus, None, train_config, initial_model=student,
+            train_language_model(stage_dir, corpus=self.corpus, train_config=train_config, initial_model=student,
                                  teacher=teacher if config.uses_teacher else None,
                                  extra_loss=regularizer.loss if regularizer.active else None,
                                  on_epoch_start=on_epoch_start, progress=self.progress, evaluate_test=False,
@@ -332,16 +251,6 @@ class _Pipeline:
                           ("epoch", "val_ppl", "train_loss", "elapsed_s", "lr", "oracle_ppl") if k in event}}
                 self._emit(copied)
                 logged.add(event.get("epoch"))
-
-
-def _fingerprint(model: RNNLanguageModel) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _stopped_between_runs() -> PipelineInterrupted:

@@ -10,7 +10,7 @@ otherwise (batch 10, bptt 35, hidden state carried across windows); pass max_tok
 whole split.
 
     data = load_validation_tokens(info["data_source"], info.get("vocab"))
-    importance = {layer: unit_importance(trajectory, layer) for layer in trajectory.layers}
+    importance = final_norm_importance(trajectory)
     plan = select_units(distances, ratio=0.5, criterion="dynamics", importance=importance)
     footprint = plan_footprint(model.config, plan)
     ppl = zero_shot_perplexity(model, plan, data.tokens)
@@ -25,17 +25,16 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from analysis.errors import InvalidInputError
-from analysis.lm.evaluation import evaluate, perplexity
+from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT, evaluate, perplexity
 from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
 from analysis.dynamics.selection import CRITERIA, select_units
-from analysis.pruning.surgery import prune_units
+from analysis.pruning.surgery import kept_units, prune_units
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000
 DEFAULT_CURVE_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
-EVAL_BATCH_SIZE = 10
-EVAL_BPTT = 35
 _BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -48,17 +47,7 @@ def limit_threads(n_threads: int) -> None:
     if isinstance(n_threads, bool) or int(n_threads) != n_threads or n_threads < 1:
         raise InvalidInputError(f"n_threads must be a positive integer; got {n_threads!r}")
     torch.set_num_threads(int(n_threads))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # comes with scikit-learn; without it only torch is capped
-        return
     threadpool_limits(limits=int(n_threads))
-
-
-def unit_importance(trajectory, layer: str) -> np.ndarray:
-    """The default importance of each unit (METHOD section 5): the L2 norm of its final weight vector."""
-    final = trajectory.final_unit_vectors(layer, dtype=np.float64)
-    return np.linalg.norm(final, axis=1)
 
 
 # ----------------------------------------------------------------------------- size
@@ -110,9 +99,7 @@ def plan_footprint(config: ModelConfig, plan, dtype: str = "float32") -> PlanFoo
     (a PruningPlan or {layer: kept indices}); layer names are "rnns.<i>.l0" as in the model."""
     if dtype not in _BYTES_PER_ELEMENT:
         raise InvalidInputError(f"dtype must be one of {sorted(_BYTES_PER_ELEMENT)}; got {dtype!r}")
-    kept = getattr(plan, "kept_per_layer", plan)
-    if not isinstance(kept, Mapping):
-        raise InvalidInputError(f"plan must be a PruningPlan or a dict layer -> kept units; got {type(plan).__name__}")
+    kept = kept_units(plan)
     names = [f"rnns.{i}.l0" for i in range(len(config.hidden_sizes))]
     unknown = sorted(set(kept) - set(names))
     if unknown:
@@ -154,7 +141,7 @@ def load_validation_tokens(data_source: str | None, vocab_json=None,
     when the source is unknown or missing, or when its vocabulary differs from `vocab_json` (the
     model's own vocabulary).
     """
-    from analysis.lm.corpora import PTB_ENV_VAR, Vocabulary, load_corpus
+    from analysis.lm.corpora import PTB_ENV_VAR, load_corpus
 
     if max_tokens is not None and (isinstance(max_tokens, bool) or int(max_tokens) < 2):
         raise InvalidInputError(f"max_tokens must be at least 2 or None; got {max_tokens!r}")
@@ -169,9 +156,7 @@ def load_validation_tokens(data_source: str | None, vocab_json=None,
         corpus = load_corpus(spec)
     except (InvalidInputError, OSError) as error:
         raise InvalidInputError(f"cannot load the validation split of {data_source!r}: {error}") from error
-    if vocab_json is not None and Vocabulary.from_json(vocab_json).itos != corpus.vocab.itos:
-        raise InvalidInputError(f"corpus {corpus.source} has a different vocabulary from the model's; "
-                                "the model was trained on another corpus")
+    corpus.check_vocabulary("the model", None, vocab_json, remedy="the model was trained on another corpus")
     valid = corpus.valid
     tokens = valid if max_tokens is None else valid[: int(max_tokens)]
     oracle = None

@@ -3,7 +3,7 @@
 The result is a genuinely smaller model built from ordinary PyTorch modules, not a mask:
 
     plan = {"rnns.0.l0": np.array([0, 3, 5, ...]), "rnns.1.l0": ...}   # kept units per layer
-    small = prune_units(model, plan)      # or a PruningPlan with .kept_per_layer
+    small = prune_units(model, plan)      # or a PruningPlan (its .kept)
     count_parameters(small)               # {"recurrent": ..., "total": ...}
 
 Unit k of a layer with hidden size H and G gate blocks owns rows {g*H + k} of weight_ih,
@@ -21,8 +21,9 @@ from analysis.errors import InvalidInputError
 from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
 
 
-def _kept_per_layer(plan: Any) -> Mapping[str, Any]:
-    kept = getattr(plan, "kept_per_layer", plan)
+def kept_units(plan: Any) -> Mapping[str, Any]:
+    """The kept unit indices per layer of a PruningPlan, or of a dict layer name -> indices."""
+    kept = getattr(plan, "kept", plan)
     if not isinstance(kept, Mapping):
         raise InvalidInputError(
             f"a pruning plan must be a PruningPlan or a dict layer name -> kept unit indices, got {type(plan).__name__}")
@@ -58,7 +59,7 @@ def prune_units(model: RNNLanguageModel, plan: Any) -> RNNLanguageModel:
     """
     if not isinstance(model, RNNLanguageModel):
         raise InvalidInputError(f"prune_units needs an RNNLanguageModel, got {type(model).__name__}")
-    requested = _kept_per_layer(plan)
+    requested = kept_units(plan)
     names = model.layer_names
     unknown = [name for name in requested if name not in names]
     if unknown:

@@ -17,25 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-# Layer discovery and archive extraction live with the file readers; they are part of this
-# module's public interface too.
-from analysis.trajectories.checkpoints import (
-    SAFETENSORS_SUFFIX,
-    RecurrentLayerInfo,
-    extract_checkpoint_archive,
-    find_recurrent_layers,
-    is_checkpoint_file,
-    load_state_dict,
-    read_safetensors_shapes,
-)
 from analysis.errors import CheckpointError, InvalidInputError
+from analysis.runs import MANIFEST_FILE, TRAJECTORY_DIR
+from analysis.trajectories.checkpoints import SAFETENSORS_SUFFIX, is_checkpoint_file, load_state_dict, read_safetensors_shapes
+from analysis.trajectories.layers import RecurrentLayerInfo, find_recurrent_layers
 from analysis.trajectories.snapshot_rows import Snapshot, SnapshotReader, all_finite, plan_row_reads
 
 __all__ = [
-    "RecurrentLayerInfo",
     "Trajectory",
-    "extract_checkpoint_archive",
-    "find_recurrent_layers",
     "load_trajectory",
     "MANIFEST_NAME",
     "SNAPSHOT_DIR",
@@ -43,7 +32,7 @@ __all__ = [
     "MIN_SNAPSHOTS",
 ]
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST_FILE  # named in analysis.runs, which the dashboard and run readers share
 SNAPSHOT_DIR = "snapshots"
 FORMAT_VERSION = 1
 MIN_SNAPSHOTS = 3
@@ -204,8 +193,8 @@ def load_trajectory(path: str | os.PathLike) -> Trajectory:
         root = root.parent
     if (root / MANIFEST_NAME).is_file():
         return _load_recorded(root)
-    if (root / "trajectory" / MANIFEST_NAME).is_file():
-        return _load_recorded(root / "trajectory")
+    if (root / TRAJECTORY_DIR / MANIFEST_NAME).is_file():
+        return _load_recorded(root / TRAJECTORY_DIR)
     return _load_checkpoint_directory(root)
 
 

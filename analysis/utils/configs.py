@@ -12,17 +12,24 @@ class PlainConfig:
     """Mixin for a dataclass; `config_name` names it in error messages."""
 
     config_name = "config"
+    # keys that files written by older code use -> today's names; from_dict reads either
+    renamed_keys: dict[str, str] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        data = cls.with_current_names(data)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise InvalidInputError(f"unknown {cls.config_name} keys {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(**cls._coerced(dict(data)))
+
+    @classmethod
+    def with_current_names(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return {cls.renamed_keys.get(key, key): value for key, value in data.items()}
 
     @classmethod
     def _coerced(cls, values: dict[str, Any]) -> dict[str, Any]:

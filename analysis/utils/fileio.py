@@ -1,10 +1,11 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
-Also reading back the JSON files written here."""
+Also reading back the JSON files written here, and making a file name from text a user chose."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,6 +85,14 @@ def read_json_object(path: str | os.PathLike, what: str, remedy: str) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected {what} as a JSON object; {remedy}")
     return value
+
+
+def safe_file_name(name: str, default: str) -> str:
+    """`name` without any folder part, with every run of characters outside [A-Za-z0-9._-] made one
+    "_" and no leading or trailing dots or underscores (so never hidden, never "..");
+    `default` when nothing is left."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or default
 
 
 def _json_default(value: Any) -> Any:

@@ -8,11 +8,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.exploration import (find_runs, pipeline_curve, pipeline_table, read_run_metrics, reference_lines,
-                                  run_kind, training_curve)
+from analysis.exploration import pipeline_curve, pipeline_table, reference_lines, training_curve
+from analysis.runs import FINAL_MODEL_FILE, find_runs, read_run_metrics, run_kind
 from app import common
 
-FINAL_MODEL = "final.pt"
 st.title("Compare")
 
 candidates = [str(p) for p in common.list_samples()] + [str(p) for p in find_runs(common.runs_dir())]
@@ -76,13 +75,13 @@ else:
     st.download_button("Download the table (CSV)", results.to_csv(index=False), file_name="dynaprune-results.csv",
                        mime="text/csv", key="compare_csv")
 
-finished = [run for run in chosen if (Path(run) / FINAL_MODEL).is_file()]
+finished = [run for run in chosen if (Path(run) / FINAL_MODEL_FILE).is_file()]
 if finished:
     st.subheader("Pruned models")
     run = st.selectbox("Pipeline", finished, format_func=common.display_name, key="compare_model_run")
-    model_path = Path(run) / FINAL_MODEL
-    st.download_button(f"Download {FINAL_MODEL} ({model_path.stat().st_size / 1e6:.1f} MB)", model_path.read_bytes,
-                       file_name=f"{Path(run).name}-{FINAL_MODEL}", mime="application/octet-stream",
+    model_path = Path(run) / FINAL_MODEL_FILE
+    st.download_button(f"Download {FINAL_MODEL_FILE} ({model_path.stat().st_size / 1e6:.1f} MB)", model_path.read_bytes,
+                       file_name=f"{Path(run).name}-{FINAL_MODEL_FILE}", mime="application/octet-stream",
                        key="compare_model")
     st.caption("A plain PyTorch checkpoint: load it with `analysis.lm.model.load_model` or "
                "`torch.load(path, weights_only=True)`.")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.errors import DynapruneError
+from analysis.runs import BEST_MODEL_FILE, MANIFEST_FILE
 from app import common
 
 # Compressed upload and unpacked size limits; larger trajectories are better read from a run folder.
@@ -38,7 +39,7 @@ elif origin == "A run in the runs folder":
         if st.button("Use this run", type="primary", key="use_run"):
             common.set_source(chosen)
 else:
-    st.caption("A zip of a run folder, a recorded trajectory (manifest.json + snapshots/) or a folder of "
+    st.caption(f"A zip of a run folder, a recorded trajectory ({MANIFEST_FILE} + snapshots/) or a folder of "
                "checkpoints named by step (ckpt_100.pt, ...). Only .pt, .pth, .safetensors and .json files are "
                f"accepted, at most {MAX_UPLOAD_BYTES // 1024**2} MB, unpacking to at most "
                f"{MAX_UNPACKED_BYTES // 1024**3} GB. Checkpoints are read as plain tensors; nothing in them is run.")
@@ -78,7 +79,7 @@ st.dataframe(layers, hide_index=True, width="stretch")
 
 model, info = common.model_or_none(source)
 if model is None:
-    st.info("This trajectory has no dynaprune model file next to it (best.pt), so the Prune page shows the "
+    st.info(f"This trajectory has no dynaprune model file next to it ({BEST_MODEL_FILE}), so the Prune page shows the "
             "selection only, without perplexity, and it cannot be fine-tuned.")
 else:
     config = model.config

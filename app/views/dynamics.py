@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.exploration import (fit_quality_table, group_by_labels, heatmap_view, nearest_neighbours, pca_paths,
                                   transition_eigenvalues, unit_circle)
-from analysis.dynamics.selection import cluster_units
+from analysis.dynamics.criteria import cluster_units
 from app import common
 
 st.title("Dynamics")

@@ -1,8 +1,10 @@
 """Fine-tune page: start the iterative prune-and-fine-tune pipeline (`dynaprune prune`) as a
 background job, follow its progress live, cancel or resume it. Jobs outlive the browser session:
 those started earlier are listed with their true state."""
+import math
 import re
 import time
+from dataclasses import replace
 from datetime import datetime
 
 import pandas as pd
@@ -10,13 +12,17 @@ import plotly.express as px
 import streamlit as st
 
 from analysis import jobs
+from analysis.cli.prune import config_of_job, job_args
+from analysis.dynamics.selection import CRITERIA
 from analysis.errors import DynapruneError
 from analysis.exploration import pipeline_curve, reference_lines
-from analysis.dynamics.selection import CRITERIA
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
+from analysis.pruning.config import REGULARIZATIONS, uniform_or_per_layer
 from app import common
 
 POLL_SECONDS = 2.0
+REGULARIZATION_LABELS = {"da-l2": "discrimination-aware L2", "l2": "plain L2", "none": "none"}
+HORIZON_CHOICES = ["T (snapshots)", "custom", "infinite (Martin)"]
 st.title("Fine-tune")
 st.write("Prune the model to the target ratio in stages; after each cut the smaller model is fine-tuned with the "
          "bigger one as teacher (distillation) and a discrimination-aware L2 penalty. The work runs as a background "
@@ -24,69 +30,99 @@ st.write("Prune the model to the target ratio in stages; after each cut the smal
 
 source = common.current_source()
 model, model_note = common.model_or_none(source) if source else (None, "no trajectory chosen")
-defaults = common.pipeline_defaults()
 
 # ------------------------------------------------------------------ the form
 st.subheader("New fine-tuning job")
 if model is None:
     st.info(f"The current trajectory cannot be fine-tuned: {model_note}. Choose a sample or a run on the Data page.")
 else:
+    trajectory = common.trajectory(str(source), common.signature(source))
+    previewed = common.previewed_pipeline(trajectory, model.layer_names)
     st.caption(f"Starting from **{common.display_name(source)}** ({model.config.rnn_type}, hidden sizes "
-               f"{model.config.hidden_sizes}). Results go to `{common.runs_dir()}`.")
+               f"{model.config.hidden_sizes}). Results go to `{common.runs_dir()}`. Ratios and criterion come from "
+               f"the Prune page, the LDS order and horizon from the Dynamics page.")
     with st.form("finetune_form"):
         left, middle, right = st.columns(3)
-        ratio = left.slider("Target pruning ratio", 0.0, 0.9, float(st.session_state.get(common.RATIO_KEY, 0.5)),
-                            0.05, key="ft_ratio",
-                            help="0 prunes nothing and fine-tunes the same way: a control, to tell what the "
-                                 "fine-tuning alone does from what the pruning does.")
+        ratio_help = ("0 prunes nothing and fine-tunes the same way: a control, to tell what the fine-tuning alone "
+                      "does from what the pruning does.")
+        if previewed.per_layer:
+            ratio = {layer: left.slider(f"Pruning ratio of {layer}", 0.0, 0.9, previewed.layer_ratio(layer), 0.05,
+                                        key=f"ft_ratio_{layer}", help=ratio_help) for layer in model.layer_names}
+        else:
+            ratio = left.slider("Target pruning ratio", 0.0, 0.9, float(previewed.ratio), 0.05, key="ft_ratio",
+                                help=ratio_help)
         names = list(CRITERIA)
-        criterion = left.selectbox("Criterion", names, index=names.index(st.session_state.get(common.CRITERION_KEY,
-                                                                                               "dynamics")),
-                                   key="ft_criterion")
-        one_shot = left.checkbox("One shot (a single cut, no stages)", key="ft_one_shot")
+        criterion = left.selectbox("Criterion", names, index=names.index(previewed.criterion), key="ft_criterion")
         dry_run = left.checkbox("Dry run (a few batches per stage)", key="ft_dry_run")
-        stages = middle.number_input("Stages", 1, 10, int(defaults["stages"]), key="ft_stages")
-        epochs = middle.number_input("Epochs per stage", 1, 100, int(defaults["epochs_per_stage"]), key="ft_epochs")
-        regularization = middle.radio("Regularisation", ["discrimination-aware L2", "plain L2", "none"],
+        stages = middle.number_input("Stages", 1, 10, previewed.stages, key="ft_stages", help="1: one-shot pruning.")
+        epochs = middle.number_input("Epochs per stage", 1, 100, previewed.epochs_per_stage, key="ft_epochs_per_stage")
+        regularization = middle.radio("Regularisation", REGULARIZATIONS, format_func=REGULARIZATION_LABELS.get,
                                       key="ft_regularization")
-        da_l2 = middle.number_input("L2 strength λ", 0.0, 10.0, float(defaults["da_l2"]), format="%.6f",
-                                    key="ft_da_l2")
-        schedules = list(LR_SCHEDULES)
-        lr_schedule = middle.radio("Learning-rate schedule", schedules, index=schedules.index(defaults["lr_schedule"]),
-                                   key="ft_lr_schedule", horizontal=True,
+        da_l2 = middle.number_input("L2 strength λ", 0.0, 10.0, previewed.da_l2, format="%.6f", key="ft_da_l2")
+        lr_schedule = middle.radio("Learning-rate schedule", LR_SCHEDULES,
+                                   index=LR_SCHEDULES.index(previewed.lr_schedule), key="ft_lr_schedule",
+                                   horizontal=True,
                                    help="cosine: each stage anneals the rate to 0. step: the rate is held through a "
-                                        "stage's first epoch and decayed after each later one.")
-        distillation = right.checkbox("Distillation from the previous stage", value=True, key="ft_distillation")
-        kd_alpha = right.slider("Distillation weight α", 0.0, 1.0, float(defaults["kd_alpha"]), 0.05, key="ft_kd_alpha")
-        kd_tau = right.number_input("Temperature τ", 0.1, 20.0, float(defaults["kd_tau"]), key="ft_kd_tau")
+                                        "stage's first epochs and decayed after each later one.")
+        distillation = right.checkbox("Distillation from the previous stage", value=previewed.distillation,
+                                      key="ft_distillation")
+        distill_alpha = right.slider("Distillation weight α", 0.0, 1.0, previewed.distill_alpha, 0.05,
+                                     key="ft_distill_alpha")
+        distill_temperature = right.number_input("Temperature τ", 0.1, 20.0, previewed.distill_temperature,
+                                                 key="ft_distill_temperature")
         precisions = sorted(TEACHER_PRECISIONS)
         teacher_precision = right.selectbox("Teacher's output layer", precisions,
-                                            index=precisions.index(defaults["teacher_precision"]),
+                                            index=precisions.index(previewed.teacher_precision),
                                             key="ft_teacher_precision",
                                             help="bfloat16 is faster on CPUs with bfloat16 units and changes the "
                                                  "teacher's targets very little.")
         stamp = st.session_state.setdefault("ft_stamp", datetime.now().strftime("%Y%m%d-%H%M%S"))
         name = right.text_input("Output folder name", f"prune-{source.name}-{stamp}", key="ft_name",
                                 help="Created inside the runs folder.")
+        with st.expander("Advanced"):
+            left, middle, right = st.columns(3)
+            lds_order = left.number_input("LDS order n", 1, 100, previewed.lds_order, key="ft_lds_order",
+                                          help="Capped at T-1 for a trajectory of T snapshots.")
+            horizon_now = previewed.horizon
+            horizon_choice = left.radio("Distance horizon m", HORIZON_CHOICES, key="ft_horizon",
+                                        index=0 if horizon_now is None else 2 if math.isinf(horizon_now) else 1)
+            custom_horizon = left.number_input("custom m", 1, 10_000, len(trajectory) if horizon_now is None or
+                                               math.isinf(horizon_now) else int(horizon_now), key="ft_horizon_m")
+            snapshots = left.number_input("Snapshots per stage", 3, 1000, previewed.snapshots_per_stage,
+                                          key="ft_snapshots_per_stage")
+            lr = middle.number_input("Learning rate (blank: half the source run's)", 0.0, 100.0, previewed.lr,
+                                     format="%.4f", key="ft_lr")
+            lr_decay = middle.number_input("Step schedule: decay per epoch (blank: the source run's)", 0.0, 1.0,
+                                           previewed.lr_decay, key="ft_lr_decay")
+            decay_after = middle.number_input("Step schedule: epochs before decaying", 0, 100,
+                                              previewed.decay_after_epoch, key="ft_decay_after_epoch")
+            seed = middle.number_input("Seed", 0, 2**31 - 1, previewed.seed, key="ft_seed")
+            gamma = right.number_input("DA-L2 exponent γ", 0.0, 10.0, previewed.da_l2_gamma, key="ft_da_l2_gamma")
+            refresh = right.number_input("Re-measure importances every (epochs; 0: once per stage)", 0, 100,
+                                         previewed.importance_refresh_epochs, key="ft_importance_refresh_epochs")
+            calibration = right.number_input("Calibration batches for importances", 1, 1000,
+                                             previewed.calibration_batches, key="ft_calibration_batches")
         submitted = st.form_submit_button("Start fine-tuning", type="primary")
     if submitted:
         target = common.runs_dir() / name
+        horizon = {"custom": int(custom_horizon), "infinite (Martin)": math.inf}.get(horizon_choice)
+        config = replace(
+            previewed, ratio=uniform_or_per_layer(ratio) if isinstance(ratio, dict) else ratio, criterion=criterion,
+            stages=int(stages), epochs_per_stage=int(epochs), regularization=regularization, da_l2=da_l2,
+            da_l2_gamma=gamma, importance_refresh_epochs=int(refresh), calibration_batches=int(calibration),
+            distillation=distillation, distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+            teacher_precision=teacher_precision, lds_order=int(lds_order), horizon=horizon, lr=lr or None,
+            lr_decay=lr_decay or None, decay_after_epoch=int(decay_after), lr_schedule=lr_schedule,
+            snapshots_per_stage=int(snapshots), seed=int(seed), dry_run=dry_run)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
             st.error("The folder name may hold letters, digits, '.', '_' and '-' only (no slashes), at most 100.")
         elif target.exists():
             st.error(f"{target} already exists; choose another name (or resume its job below).")
         else:
-            args = ["prune", "--from", str(source), "--out", str(target), "--ratio", f"{ratio:g}",
-                    "--stages", str(int(stages)), "--criterion", criterion, "--epochs-per-stage", str(int(epochs)),
-                    "--da-l2", f"{da_l2:g}", "--kd-alpha", f"{kd_alpha:g}", "--kd-tau", f"{kd_tau:g}",
-                    "--lr-schedule", lr_schedule, "--teacher-precision", teacher_precision, "--no-progress"]
-            args += ["--one-shot"] if one_shot else []
-            args += ["--dry-run"] if dry_run else []
-            args += [] if distillation else ["--no-distillation"]
-            args += {"plain L2": ["--plain-l2"], "none": ["--no-regularization"]}.get(regularization, [])
             try:
+                args = job_args(source, target, config.check_layers(model.layer_names))
                 common.runs_dir().mkdir(parents=True, exist_ok=True)
-                job = jobs.submit(args, label=f"{common.display_name(source)} → {name} (ratio {ratio:g})",
+                job = jobs.submit(args, label=f"{common.display_name(source)} → {name} (ratio {config.ratio_text()})",
                                   cwd=common.runs_dir())
             except DynapruneError as error:
                 st.error(f"Could not start the job: {error}")
@@ -98,10 +134,15 @@ else:
 
 # ------------------------------------------------------------------ jobs, refreshed live
 def job_progress(job, events) -> float:
-    planned = 1 if "--one-shot" in job.args else int(common.argument_of(job.args, "--stages", "1"))
-    planned *= int(common.argument_of(job.args, "--epochs-per-stage", "1"))
+    if job.state == jobs.SUCCEEDED:
+        return 1.0
+    try:
+        config = config_of_job(job.args)
+        planned = config.stages * config.epochs_per_stage
+    except DynapruneError:  # not a prune job: no epochs to count
+        planned = 1
     done = sum(1 for event in events if event.get("event") == "epoch")
-    return 1.0 if job.state == jobs.SUCCEEDED else min(1.0, done / max(1, planned))
+    return min(1.0, done / max(1, planned))
 
 
 @st.fragment(run_every=POLL_SECONDS)

@@ -9,7 +9,7 @@ from analysis.exploration import (fit_quality_table, gate_names, gate_norms, gro
                                   pca_paths, transition_eigenvalues, unit_circle, unit_status)
 from analysis.pruning.config import PipelineConfig
 from analysis.pruning.preview import plan_footprint
-from analysis.pruning.regularization import unit_importances
+from analysis.pruning.importance import unit_importances
 from app import common
 
 st.title("The method, step by step")

@@ -51,6 +51,7 @@ if st.toggle("Per-layer ratios", key="prune_per_layer"):
     for column, layer in zip(columns, trajectory.layers):
         ratios[layer] = column.slider(layer, 0.0, 0.9, ratio, 0.05, key=f"prune_ratio_{layer}")
 ratio_items = tuple(sorted(ratios.items()))
+st.session_state[common.LAYER_RATIOS_KEY] = dict(ratios)  # what a Fine-tune job will use
 
 plan = common.pruning_plan(str(source), sig, order, horizon, ratio_items, criterion)
 columns = st.columns(len(plan.layers) + 1)

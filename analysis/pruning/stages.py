@@ -1,0 +1,75 @@
+"""One stage of the pruning pipeline, decided before it trains: which units the student keeps
+(from the teacher's trajectory, or its weights when there is none) and the fine-tuning settings.
+
+    plan = choose_units(teacher, trajectory_dir, {"rnns.0.l0": 100, "rnns.1.l0": 100}, config, stage=1)
+    train_config = stage_train_config(source.train_config, config, stage=1, n_train_tokens=corpus.train.numel())
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+
+
+from analysis.dynamics.selection import PruningPlan, final_norm_importance, select_units
+from analysis.errors import DynapruneError, InvalidInputError
+from analysis.lm.model import RNNLanguageModel
+from analysis.lm.training_config import TrainConfig, steps_per_epoch
+from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
+from analysis.runs import TRAJECTORY_DIR
+
+
+def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, n_train_tokens: int) -> TrainConfig:
+    """Fine-tuning settings of one stage: the source run's, with this pipeline's epochs, rate, seed,
+    distillation and snapshot interval."""
+    known = {f.name for f in fields(TrainConfig)}
+    base = TrainConfig.from_dict({k: v for k, v in source_config.items() if k in known})
+    settings = base.to_dict()
+    settings.update(epochs=config.epochs_per_stage, lr=config.lr if config.lr is not None else base.lr * 0.5,
+                    lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay,
+                    decay_after_epoch=config.decay_after_epoch, lr_schedule=config.lr_schedule,
+                    seed=config.seed + stage,
+                    distill_alpha=config.distill_alpha, distill_temperature=config.distill_temperature,
+                    teacher_precision=config.teacher_precision, record_every=1)
+    if config.dry_run:
+        settings.update(max_batches_per_epoch=DRY_RUN_LIMITS["max_batches_per_epoch"],
+                        max_eval_batches=DRY_RUN_LIMITS["max_eval_batches"], log_interval=2)
+    train_config = TrainConfig.from_dict(settings)
+    total_steps = train_config.epochs * steps_per_epoch(n_train_tokens, train_config)
+    train_config.record_every = max(1, math.ceil(total_steps / (config.snapshots_per_stage - 1)))
+    return train_config.validate()
+
+
+def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
+                 config: PipelineConfig, stage: int) -> PruningPlan:
+    """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
+    from analysis.trajectories.trajectory import load_trajectory
+
+    sizes = dict(zip(teacher.layer_names, (rnn.hidden_size for rnn in teacher.rnns)))
+    trajectory = None
+    if trajectory_dir is not None:
+        trajectory = load_trajectory(trajectory_dir)
+        for layer, size in sizes.items():
+            if layer not in trajectory.layers or trajectory.layer_info(layer).hidden_size != size:
+                raise InvalidInputError(f"{trajectory_dir}: the trajectory does not belong to the model being pruned "
+                                        f"(layer {layer} has {size} units in the model); give the run it came from")
+    elif config.criterion == "dynamics":
+        raise InvalidInputError("the dynamics criterion needs the trajectory the model's weights followed in training; "
+                                f"start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
+    distances, importance, ratio = {}, {}, {}
+    for layer in kept_target:
+        ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
+        # no trajectory: the model's own unit weight vectors are the final ones
+        importance[layer] = final_norm_importance(trajectory if trajectory is not None else teacher, layer)
+        distances[layer] = None
+        if config.criterion == "dynamics" and ratio[layer] > 0:
+            from analysis.dynamics.distances import dynamics_distances
+            from analysis.dynamics.lds import fit_layer
+
+            fit = fit_layer(trajectory, layer, order=min(config.lds_order, len(trajectory) - 1))
+            distances[layer] = dynamics_distances(fit, horizon=config.horizon)
+    plan = select_units(distances, ratio, criterion=config.criterion, importance=importance, seed=config.seed + stage)
+    for layer, target in kept_target.items():
+        if len(plan.layers[layer].kept) != target:
+            raise DynapruneError(f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
+    return plan

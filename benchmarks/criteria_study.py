@@ -1,0 +1,160 @@
+"""Which unit-selection criterion cuts a trained language model best? A resumable study.
+
+    DYNAPRUNE_PTB_DIR=/path/to/ptb python benchmarks/criteria_study.py --train     # everything
+    python benchmarks/criteria_study.py --sources ptb-small --variants magnitude dynamics-clusters
+    python benchmarks/criteria_study.py --report docs/criteria.md                    # the tables only
+
+Each row cuts a source model once to a ratio (30%, 50%, 70% of each layer's units) with the units a
+criterion variant chooses and scores the cut model on the whole validation split, with no
+fine-tuning (zero-shot perplexity, METHOD section 9 settings). Settings are chosen on the tuning
+source (the embedded ptb-small sample) only; the other sources are held out: LSTM models of the
+same preset trained from other seeds with a snapshot every 150 steps, and a GRU model. `--train`
+trains missing sources (resumably, with `dynaprune train`) into --work-dir/sources.
+
+Every result is appended to --work-dir/zero_shot.jsonl as soon as it is measured; rows already
+there are not measured again, so an interrupted study continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from criteria_variants import VARIANTS, SourceUnits, choose_kept_units  # noqa: E402
+
+from analysis.lm.corpora import load_corpus  # noqa: E402
+from analysis.lm.evaluation import evaluate, perplexity  # noqa: E402
+from analysis.lm.model import load_model  # noqa: E402
+from analysis.pruning.surgery import prune_units  # noqa: E402
+from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
+
+TUNING_SOURCE = "ptb-small"
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path
+    train_args: tuple[str, ...] = ()   # how `dynaprune train` makes it; empty: shipped with the project
+    role: str = "held-out"
+
+
+def sources(work_dir: Path) -> dict[str, Source]:
+    dense = ("--record-every", "150", "--record-dtype", "float16")
+    made = work_dir / "sources"
+    listed = [
+        Source(TUNING_SOURCE, REPO / "sample_checkpoints" / "ptb-small", role="tuning"),
+        Source("lstm-seed2", made / "lstm-seed2", ("--preset", "ptb-small", "--seed", "2", *dense)),
+        Source("lstm-seed3", made / "lstm-seed3", ("--preset", "ptb-small", "--seed", "3", *dense)),
+        Source("gru-seed1", made / "gru-seed1", ("--preset", "ptb-small-gru", "--seed", "1", *dense)),
+    ]
+    return {source.name: source for source in listed}
+
+
+def is_trained(source: Source) -> bool:
+    metrics = source.path / "metrics.jsonl"
+    return metrics.is_file() and any(json.loads(line).get("event") == "final"
+                                     for line in metrics.read_text().splitlines() if line.strip())
+
+
+def train(source: Source, threads: int) -> None:
+    command = [sys.executable, "-m", "analysis.cli", "train", *source.train_args, "--data", "ptb",
+               "--out", str(source.path), "--threads", str(threads), "--no-progress"]
+    print("training:", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def read_results(path: Path) -> dict[tuple, dict]:
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(row["source"], row["variant"], row["ratio"]): row for row in rows}
+
+
+def measure(source: Source, variant_names: list[str], ratios: list[float], results_path: Path) -> None:
+    done = read_results(results_path)
+    todo = [(v, r) for v in variant_names for r in ratios if (source.name, v, r) not in done]
+    if not todo:
+        return
+    model, info = load_model(source.path)
+    model.eval()
+    corpus = load_corpus("ptb")
+    trajectory = load_trajectory(source.path)
+    units = SourceUnits(model=model, trajectory=trajectory, calibration_tokens=corpus.train)
+    for variant_name, ratio in todo:
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # unstable LDS fits are stabilised, and say so
+            kept = choose_kept_units(units, VARIANTS[variant_name], ratio)
+        student = prune_units(model, kept)
+        with torch.inference_mode():
+            mean_nll, n_tokens = evaluate(student, corpus.valid, 10, 35)
+        row = {"source": source.name, "variant": variant_name, "ratio": ratio,
+               "valid_ppl": perplexity(mean_nll), "tokens": n_tokens, "snapshots": len(trajectory),
+               "rnn_type": model.config.rnn_type, "seconds": round(time.perf_counter() - started, 1)}
+        with results_path.open("a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        print(f"  {source.name:11s} {variant_name:28s} {ratio:.1f} {row['valid_ppl']:9.2f}  ({row['seconds']} s)",
+              flush=True)
+
+
+def report(results_path: Path, out: Path | None, variant_names: list[str], ratios: list[float]) -> str:
+    results = read_results(results_path)
+    names = [n for n in sources(Path(".")) if any(key[0] == n for key in results)]
+    lines = []
+    for ratio in ratios:
+        lines += [f"### Zero-shot validation perplexity, one cut to {ratio:.0%}", "",
+                  "| variant | " + " | ".join(names) + " | mean of held-out |",
+                  "| --- |" + " --- |" * (len(names) + 1)]
+        for variant in variant_names:
+            values = [results.get((n, variant, ratio), {}).get("valid_ppl") for n in names]
+            held = [v for n, v in zip(names, values) if n != TUNING_SOURCE and v is not None]
+            cells = ["" if v is None else f"{v:.2f}" for v in values]
+            mean = f"{np.mean(held):.2f}" if held and len(held) == len(names) - 1 else ""
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append("")
+    text = "\n".join(lines)
+    if out is not None:
+        out.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "out" / "criteria")
+    parser.add_argument("--sources", nargs="+", help="source names (default: all that are trained)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--train", action="store_true", help="train missing held-out sources first")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", type=Path, help="write the tables (Markdown) here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    results_path = args.work_dir / "zero_shot.jsonl"
+    known = sources(args.work_dir)
+    chosen = [known[name] for name in (args.sources or known)]
+    for source in chosen:
+        if not is_trained(source):
+            if not (args.train and source.train_args):
+                print(f"{source.name}: not trained yet ({source.path}); --train makes it", flush=True)
+                continue
+            train(source, args.threads)
+        measure(source, args.variants, args.ratios, results_path)
+    print(report(results_path, args.report, args.variants, args.ratios))
+
+
+if __name__ == "__main__":
+    main()

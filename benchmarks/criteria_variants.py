@@ -1,0 +1,168 @@
+"""The unit-selection variants that benchmarks/criteria_study.py compares.
+
+A variant names a distance between units (the dynamics distance of LDS fits over a window of the
+trajectory, or a control that uses no dynamics), an importance per unit (final weight norm, or
+first-order Taylor importance from a few training batches) and a rule that turns them into the
+units to prune (today's average-linkage clusters, a greedy redundancy rule, or a plain ranking).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from analysis.dynamics.distances import dynamics_distances
+from analysis.dynamics.lds import fit_lds
+from analysis.dynamics.criteria import cluster_units
+from analysis.dynamics.selection import units_to_prune
+
+
+@dataclass(frozen=True)
+class Variant:
+    rule: str                  # "clusters", "greedy", "rank", "random"
+    distance: str = "dynamics"  # "dynamics", "final-cosine" (no dynamics), "trajectory-cosine" (no LDS)
+    window: str = "all"        # "all" or "late": snapshots from half the training steps on
+    order: int = 4
+    horizon: int | None = None
+    importance: str = "norm"   # "norm" (final weight-vector norm) or "taylor"
+    beta: float = 1.0          # greedy: weight of redundancy against importance
+
+
+VARIANTS: dict[str, Variant] = {
+    "magnitude": Variant("rank", distance="none"),
+    "random": Variant("random", distance="none"),
+    "taylor": Variant("rank", distance="none", importance="taylor"),
+    "dynamics-clusters": Variant("clusters"),
+    "dynamics-clusters-late": Variant("clusters", window="late"),
+    "dynamics-clusters-order8": Variant("clusters", order=8),
+    "greedy-dynamics": Variant("greedy"),
+    "greedy-dynamics-b0.5": Variant("greedy", beta=0.5),
+    "greedy-dynamics-b2": Variant("greedy", beta=2.0),
+    "greedy-dynamics-late": Variant("greedy", window="late"),
+    "greedy-dynamics-late-b2": Variant("greedy", window="late", beta=2.0),
+    "greedy-dynamics-order2": Variant("greedy", order=2),
+    "greedy-dynamics-order8": Variant("greedy", order=8),
+    "greedy-dynamics-order8-b0.5": Variant("greedy", order=8, beta=0.5),
+    "greedy-dynamics-order8-b2": Variant("greedy", order=8, beta=2.0),
+    "greedy-dynamics-order8-late": Variant("greedy", order=8, window="late"),
+    "greedy-dynamics-order12": Variant("greedy", order=12),
+    "greedy-dynamics-taylor": Variant("greedy", importance="taylor"),
+    "greedy-final-cosine": Variant("greedy", distance="final-cosine"),
+    "greedy-trajectory-cosine": Variant("greedy", distance="trajectory-cosine"),
+}
+
+
+@dataclass
+class SourceUnits:
+    """One source model and its trajectory, with each layer's unit vectors, distances and
+    importances computed once and kept."""
+    model: torch.nn.Module
+    trajectory: object
+    calibration_tokens: torch.Tensor
+    _cache: dict = field(default_factory=dict)
+
+    def _cached(self, key, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def unit_vectors(self, layer: str) -> np.ndarray:
+        return self._cached(("Y", layer), lambda: self.trajectory.unit_vectors(layer))
+
+    def window(self, name: str) -> np.ndarray:
+        steps = np.asarray(self.trajectory.steps, dtype=np.float64)
+        if name == "all":
+            return np.arange(len(steps))
+        if name == "late":
+            return np.flatnonzero(steps >= steps[-1] / 2)
+        raise ValueError(f"unknown window {name!r}")
+
+    def distances(self, layer: str, variant: Variant) -> np.ndarray:
+        key = ("D", layer, variant.distance, variant.window, variant.order, variant.horizon)
+        return self._cached(key, lambda: self._distances(layer, variant))
+
+    def _distances(self, layer: str, variant: Variant) -> np.ndarray:
+        Y = self.unit_vectors(layer)[self.window(variant.window)]
+        if variant.distance == "dynamics":
+            order = min(variant.order, Y.shape[0] - 1)
+            return dynamics_distances(fit_lds(Y, order=order), horizon=variant.horizon)
+        if variant.distance == "final-cosine":
+            return _cosine_distances(Y[-1])
+        if variant.distance == "trajectory-cosine":
+            centred = Y - Y.mean(axis=0, keepdims=True)                 # (T, H, d)
+            return _cosine_distances(np.transpose(centred, (1, 0, 2)).reshape(Y.shape[1], -1))
+        raise ValueError(f"unknown distance {variant.distance!r}")
+
+    def importance(self, layer: str, kind: str) -> np.ndarray:
+        if kind == "norm":
+            return self._cached(("norm", layer), lambda: np.linalg.norm(self.unit_vectors(layer)[-1], axis=1))
+        if kind == "taylor":
+            return self._cached(("taylor",), self._taylor)[layer]
+        raise ValueError(f"unknown importance {kind!r}")
+
+    def _taylor(self) -> dict[str, np.ndarray]:
+        from analysis.pruning.importance import unit_importances
+
+        return unit_importances(self.model, self.calibration_tokens, max_batches=16)
+
+
+def choose_kept_units(units: SourceUnits, variant: Variant, ratio: float, seed: int = 0) -> dict[str, np.ndarray]:
+    kept = {}
+    for layer, rnn in zip(units.model.layer_names, units.model.rnns):
+        H = rnn.hidden_size
+        n_prune = units_to_prune(H, ratio)
+        if variant.rule == "random":
+            rng = np.random.default_rng([seed, zlib.crc32(layer.encode())])
+            pruned = rng.choice(H, size=n_prune, replace=False)
+        elif variant.rule == "rank":
+            pruned = np.argsort(units.importance(layer, variant.importance), kind="stable")[:n_prune]
+        elif variant.rule == "clusters":
+            pruned = _clusters(units.distances(layer, variant), units.importance(layer, variant.importance), n_prune)
+        elif variant.rule == "greedy":
+            pruned = greedy_redundancy(units.distances(layer, variant), units.importance(layer, variant.importance),
+                                       n_prune, variant.beta)
+        else:
+            raise ValueError(f"unknown rule {variant.rule!r}")
+        kept[layer] = np.setdiff1d(np.arange(H), pruned)
+    return kept
+
+
+def greedy_redundancy(distances: np.ndarray, importance: np.ndarray, n_prune: int, beta: float) -> np.ndarray:
+    """Remove units one at a time: each time the kept unit with the smallest importance x (distance
+    to its nearest kept neighbour / median distance)^beta. beta = 0 is ranking by importance."""
+    H = distances.shape[0]
+    D = np.array(distances, dtype=np.float64)
+    scale = np.median(D[np.triu_indices(H, 1)]) or 1.0
+    np.fill_diagonal(D, np.inf)
+    kept = np.ones(H, dtype=bool)
+    pruned = []
+    for _ in range(n_prune):
+        nearest = D[:, kept].min(axis=1)
+        score = importance * (nearest / scale) ** beta
+        score[~kept] = np.inf
+        unit = int(np.argmin(score))
+        kept[unit] = False
+        pruned.append(unit)
+    return np.array(sorted(pruned), dtype=np.int64)
+
+
+def _clusters(distances: np.ndarray, importance: np.ndarray, n_prune: int) -> np.ndarray:
+    H = distances.shape[0]
+    labels = cluster_units(distances, H - n_prune)
+    pruned = []
+    for cluster in range(H - n_prune):
+        members = np.flatnonzero(labels == cluster)
+        keep = members[np.argmax(importance[members])]
+        pruned.extend(int(m) for m in members if m != keep)
+    return np.array(sorted(pruned), dtype=np.int64)
+
+
+def _cosine_distances(vectors: np.ndarray) -> np.ndarray:
+    X = np.asarray(vectors, dtype=np.float64)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    D = np.clip(1.0 - X @ X.T, 0.0, 2.0)
+    D = (D + D.T) / 2
+    np.fill_diagonal(D, 0.0)
+    return D
