@@ -23,9 +23,10 @@ import pandas as pd
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from analysis.errors import InvalidInputError
+from analysis.dynamics.criteria import greedy_removal_order
 from analysis.dynamics.distances import check_distances
 from analysis.dynamics.lds import LDSFit
+from analysis.errors import InvalidInputError
 from analysis.trajectories.layers import GATE_NAMES
 
 # Unit vectors are read this many bytes at a time, so a 1500-unit layer never sits in memory whole.
@@ -231,6 +232,37 @@ def nearest_neighbours(distances, unit: int, k: int = 5, labels=None) -> pd.Data
     if labels is not None:
         frame["cluster"] = np.asarray(labels)[order]
     return frame
+
+
+def unit_redundancy(distances, importance, pruned=()) -> pd.DataFrame:
+    """What the dynamics-greedy criterion weighs, per unit of one layer: its importance, its nearest
+    unit in dynamics distance, that distance, and their product (the redundancy score: the smaller,
+    the sooner the unit goes). Columns: unit, importance, nearest unit, distance, score, status;
+    sorted by score, smallest first."""
+    D = check_distances(distances).copy()
+    weights = np.asarray(importance, dtype=np.float64)
+    if weights.shape != (D.shape[0],):
+        raise InvalidInputError(f"importance has {weights.size} entries but the layer has {D.shape[0]} units")
+    np.fill_diagonal(D, np.inf)
+    nearest = np.argmin(D, axis=1)
+    distance = D[np.arange(D.shape[0]), nearest]
+    frame = pd.DataFrame({"unit": np.arange(D.shape[0]), "importance": weights, "nearest unit": nearest,
+                          "distance": distance, "score": weights * distance,
+                          "status": unit_status(D.shape[0], pruned)})
+    return frame.sort_values(["score", "unit"], kind="stable").reset_index(drop=True)
+
+
+def greedy_removal_table(distances, importance, n_prune: int) -> pd.DataFrame:
+    """The dynamics-greedy criterion's removals in order, with what decided each: the removed unit,
+    its importance, its nearest unit still kept at that moment, their distance and the score."""
+    D = check_distances(distances)
+    if not 0 <= int(n_prune) < D.shape[0]:
+        raise InvalidInputError(f"n_prune must be in [0, {D.shape[0]}); got {n_prune}")
+    removal = greedy_removal_order(D, np.asarray(importance, dtype=np.float64), int(n_prune))
+    return pd.DataFrame({"step": np.arange(1, int(n_prune) + 1), "unit": removal.units,
+                         "importance": np.asarray(importance, dtype=np.float64)[removal.units],
+                         "nearest kept unit": removal.neighbours, "distance": removal.nearest_distances,
+                         "score": removal.scores})
 
 
 def unit_status(hidden_size: int, pruned) -> np.ndarray:

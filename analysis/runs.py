@@ -78,7 +78,8 @@ def run_kind(run_dir: str | Path) -> str | None:
         return "pipeline"
     if not (path / RUN_FILE).is_file():
         return None
-    if (path / BEST_MODEL_FILE).is_file() and not any((path / name).exists() for name in (VOCAB_FILE, LAST_CHECKPOINT_FILE)):
+    if (path / BEST_MODEL_FILE).is_file() and not any((path / name).exists()
+                                                      for name in (VOCAB_FILE, LAST_CHECKPOINT_FILE)):
         return "sample"
     return "training"
 
@@ -111,7 +112,8 @@ def resolve_model_path(path: str | Path) -> Path:
             raise CheckpointError(f"{path}: this pruning run has not finished; its model is written to "
                                   f"{FINAL_MODEL_FILE} after the last stage. Run the same command again to finish it")
         raise CheckpointError(f"{path}: run directory holds neither {BEST_MODEL_FILE} nor {LAST_CHECKPOINT_FILE} (nor "
-                              f"{FINAL_MODEL_FILE}, a finished pruning run's model); has training finished its first epoch?")
+                              f"{FINAL_MODEL_FILE}, a finished pruning run's model); "
+                              f"has training finished its first epoch?")
     return path
 
 

@@ -17,20 +17,28 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.trajectories.archives import extract_checkpoint_archive
 from analysis.dynamics.distances import dynamics_distances
+from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
+from analysis.dynamics.selection import final_norm_importance, select_units
 from analysis.errors import DynapruneError
 from analysis.exploration import heatmap_order, mds_embedding
-from analysis.utils.fileio import atomic_write_bytes, safe_file_name
-from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
 from analysis.lm.model import load_model
 from analysis.pruning.config import PipelineConfig, uniform_or_per_layer
 from analysis.pruning.preview import limit_threads, load_validation_tokens
-from analysis.dynamics.selection import final_norm_importance, select_units
-from analysis.runs import (BEST_MODEL_FILE, MANIFEST_FILE, TRAJECTORY_DIR, find_runs, has_trajectory, list_stages,
-                           resolve_model_path, run_kind)
+from analysis.runs import (
+    BEST_MODEL_FILE,
+    MANIFEST_FILE,
+    TRAJECTORY_DIR,
+    find_runs,
+    has_trajectory,
+    list_stages,
+    resolve_model_path,
+    run_kind,
+)
+from analysis.trajectories.archives import extract_checkpoint_archive
 from analysis.trajectories.trajectory import load_trajectory
 from analysis.uploads import remove_stale_uploads, uploads_root
+from analysis.utils.fileio import atomic_write_bytes, safe_file_name
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = "synthetic"

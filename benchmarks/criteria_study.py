@@ -38,6 +38,7 @@ from analysis.lm.corpora import load_corpus  # noqa: E402
 from analysis.lm.evaluation import evaluate, perplexity  # noqa: E402
 from analysis.lm.model import load_model  # noqa: E402
 from analysis.pruning.surgery import prune_units  # noqa: E402
+from analysis.runs import read_run_metrics  # noqa: E402
 from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
 
 TUNING_SOURCE = "ptb-small"
@@ -64,9 +65,7 @@ def sources(work_dir: Path) -> dict[str, Source]:
 
 
 def is_trained(source: Source) -> bool:
-    metrics = source.path / "metrics.jsonl"
-    return metrics.is_file() and any(json.loads(line).get("event") == "final"
-                                     for line in metrics.read_text().splitlines() if line.strip())
+    return any(event.get("event") == "final" for event in read_run_metrics(source.path))
 
 
 def train(source: Source, threads: int) -> None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from analysis.dynamics.criteria import cluster_units
 from analysis.dynamics.distances import dynamics_distances
 from analysis.dynamics.lds import fit_lds
-from analysis.dynamics.criteria import cluster_units
 from analysis.dynamics.selection import units_to_prune
 
 

@@ -70,6 +70,7 @@ def test_fit_trajectory_fits_and_measures_every_layer_in_one_call(tmp_path):
         analysis.fit_trajectory(trajectory, layers=["l7"])
 
 
+@pytest.mark.slow  # trains a model
 def test_the_default_importance_comes_from_the_package_and_feeds_select_units(tmp_path):
     record_tiny_training(tmp_path / "run")
     trajectory = load_trajectory(tmp_path / "run")

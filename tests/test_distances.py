@@ -6,9 +6,9 @@ import pytest
 from scipy.linalg import subspace_angles
 from sklearn.metrics import adjusted_rand_score
 
+from analysis.dynamics.criteria import cluster_units
 from analysis.dynamics.distances import COS2_FLOOR, dynamics_distances, observability_matrix, reference_distance
 from analysis.dynamics.lds import LDSFit, fit_lds
-from analysis.dynamics.criteria import cluster_units
 from analysis.errors import InvalidInputError
 from tests.lds_families import lds_family_trajectories, random_stable_transition
 

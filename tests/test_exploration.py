@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from analysis import exploration
-from analysis.dynamics.lds import LDSFit, fit_lds
 from analysis.dynamics.criteria import cluster_units
+from analysis.dynamics.lds import LDSFit, fit_lds
 from analysis.errors import InvalidInputError
 from analysis.exploration import (
     PCAPaths,

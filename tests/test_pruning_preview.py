@@ -50,7 +50,7 @@ def test_parameter_counts_match_a_built_model(rnn_type, tie):
 
 def test_footprint_matches_the_pruned_model(model):
     plan = select_units({"rnns.0.l0": random_distances(9, 0), "rnns.1.l0": random_distances(7, 1)},
-                        ratio={"rnns.0.l0": 0.5, "rnns.1.l0": 0.3})
+                        ratio={"rnns.0.l0": 0.5, "rnns.1.l0": 0.3}, criterion="dynamics")
     footprint = plan_footprint(model.config, plan)
     pruned = prune_units(model, plan)
     assert footprint.hidden_before == [9, 7] and footprint.hidden_after == pruned.config.hidden_sizes
@@ -120,7 +120,7 @@ def test_zero_shot_curve_covers_every_criterion_and_ratio(model, corpus):
     importance = {"rnns.0.l0": np.arange(9.0), "rnns.1.l0": np.arange(7.0)}
     tokens = corpus.valid[:700]
     curve = zero_shot_curve(model, distances, importance, tokens, ratios=[0.0, 0.3, 0.6])
-    assert len(curve) == 9 and set(curve["criterion"]) == {"dynamics", "magnitude", "random"}
+    assert len(curve) == 12 and set(curve["criterion"]) == {"dynamics-greedy", "dynamics", "magnitude", "random"}
     at_zero = curve[curve["ratio"] == 0.0]["perplexity"]
     assert np.allclose(at_zero, model_perplexity(model, tokens))
     for _, rows in curve.groupby("criterion"):

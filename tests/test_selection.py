@@ -65,7 +65,8 @@ def test_random_is_seeded_and_deterministic():
 def test_per_layer_distances_and_ratios():
     D0, _ = duplicated_family_distances(seed=0)
     D1, _ = duplicated_family_distances(n_families=3, members=2, seed=1)
-    plan = select_units({"rnns.0.l0": D0, "rnns.1.l0": D1}, ratio={"rnns.0.l0": 0.5, "rnns.1.l0": 0.5})
+    plan = select_units({"rnns.0.l0": D0, "rnns.1.l0": D1}, ratio={"rnns.0.l0": 0.5, "rnns.1.l0": 0.5},
+                       criterion="dynamics")
     assert set(plan.kept) == {"rnns.0.l0", "rnns.1.l0"}
     assert len(plan.pruned["rnns.0.l0"]) == 10 and len(plan.pruned["rnns.1.l0"]) == 3
     assert plan.layers["rnns.1.l0"].kept.tolist() == plan.kept["rnns.1.l0"].tolist()
@@ -85,8 +86,8 @@ def test_cluster_cut_gives_exactly_the_requested_number_of_clusters_even_with_ti
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(ratio=1.0), r"\[0, 1\)"),
-        (dict(ratio=-0.1), r"\[0, 1\)"),
+        (dict(ratio=1.0, criterion="dynamics"), r"\[0, 1\)"),
+        (dict(ratio=-0.1, criterion="dynamics"), r"\[0, 1\)"),
         (dict(ratio=0.5, criterion="nope"), "unknown criterion"),
         (dict(ratio=0.5, criterion="magnitude"), "needs unit importances"),
         (dict(ratio=0.5, importance=np.ones(3)), "has 3 entries"),
@@ -101,10 +102,10 @@ def test_asymmetric_or_nonfinite_distances_are_refused():
     D = np.zeros((4, 4))
     D[0, 1] = 1.0
     with pytest.raises(InvalidInputError, match="symmetric"):
-        select_units(D, 0.5)
+        select_units(D, 0.5, criterion="dynamics")
     D[1, 0] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
-        select_units(D, 0.5)
+        select_units(D, 0.5, criterion="dynamics")
 
 
 def test_a_zero_ratio_needs_no_distances_and_prunes_nothing():
@@ -163,9 +164,9 @@ def test_magnitude_without_importances_says_which_function_gives_them():
 
 def test_kept_and_pruned_are_per_layer_mappings_for_one_layer_as_for_many():
     D, _ = duplicated_family_distances()
-    one = select_units(D, 0.5)
+    one = select_units(D, 0.5, criterion="dynamics")
     assert isinstance(one.kept, dict) and isinstance(one.pruned, dict)
     assert list(one.kept) == list(one.pruned) == [""]
-    many = select_units({"a": D, "b": D}, 0.5)
+    many = select_units({"a": D, "b": D}, 0.5, criterion="dynamics")
     assert list(many.kept) == list(many.pruned) == ["a", "b"]
     assert many.kept["a"].tolist() == one.kept[""].tolist() == one.layers[""].kept.tolist()

@@ -24,7 +24,8 @@ COMMANDS: dict[str, str] = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (with `only`) one whose sole subcommand is `only`, so running a
     command imports just its own module."""
-    parser = argparse.ArgumentParser(prog="dynaprune", description="Prune recurrent networks by the dynamics of their weights.")
+    parser = argparse.ArgumentParser(
+        prog="dynaprune", description="Prune recurrent networks by the dynamics of their weights.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:

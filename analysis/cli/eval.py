@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from analysis.lm.corpora import load_corpus
-    from analysis.lm.model import load_model
     from analysis.lm.evaluation import evaluate, perplexity
+    from analysis.lm.model import load_model
 
     model, info = load_model(args.model)
     spec = args.data or info.get("data_source")

@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
           f"into {args.out}", flush=True)
     try:
         result = run_pruning_pipeline(args.out, source=args.source, config=config, data=args.data,
-                                      overwrite=args.overwrite, progress=None if args.no_progress else TerminalProgress(unit="batch"), device=args.device)
+                                      overwrite=args.overwrite,
+                                      progress=None if args.no_progress else TerminalProgress(unit="batch"),
+                                      device=args.device)
     except PipelineInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

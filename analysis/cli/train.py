@@ -16,7 +16,8 @@ import torch
 from analysis.errors import InvalidInputError
 from analysis.lm.model import PRESETS, ModelConfig, preset
 from analysis.lm.training_config import TrainConfig
-from analysis.utils.options import add_config_arguments, config_from_args as options_config
+from analysis.utils.options import add_config_arguments
+from analysis.utils.options import config_from_args as options_config
 
 HELP = "Train a preset RNN language model and record its weight trajectory (resumable)."
 SIGTERM_EXIT_STATUS = 143
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
           f"{len(corpus.vocab)} words) into {args.out}", flush=True)
     try:
         result = train_language_model(args.out, corpus=corpus, model_config=model_config, train_config=train_config,
-                                      overwrite=args.overwrite, progress=None if args.no_progress else TerminalProgress(unit="batch"), device=args.device)
+                                      overwrite=args.overwrite,
+                                      progress=None if args.no_progress else TerminalProgress(unit="batch"),
+                                      device=args.device)
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

@@ -22,7 +22,6 @@ class SelectionCriterion(Protocol):
     name: str
     needs_distances: bool
     needs_importance: bool
-    default_lds_order: int  # the LDS order its distances are computed with unless the user sets one
 
     def choose_pruned(self, n_prune: int, distances: np.ndarray | None, importance: np.ndarray | None,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
@@ -37,8 +36,6 @@ class DynamicsRedundancy:
     name = "dynamics"
     needs_distances = True
     needs_importance = False
-    default_lds_order = 4
-
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0]
         labels = cluster_units(distances, H - n_prune)
@@ -66,8 +63,6 @@ class GreedyDynamicsRedundancy:
     name = "dynamics-greedy"
     needs_distances = True
     needs_importance = True
-    default_lds_order = 8
-
     def choose_pruned(self, n_prune, distances, importance, rng):
         removal = greedy_removal_order(distances, importance, n_prune)
         return np.sort(removal.units).astype(np.int64), None
@@ -118,8 +113,6 @@ class MagnitudeCriterion:
     needs_distances = False
     needs_importance = True
 
-    default_lds_order = 4  # unused: no distances
-
     def choose_pruned(self, n_prune, distances, importance, rng):
         order = np.argsort(importance, kind="stable")
         return np.sort(order[:n_prune]).astype(np.int64), None
@@ -131,8 +124,6 @@ class RandomCriterion:
     name = "random"
     needs_distances = False
     needs_importance = False
-
-    default_lds_order = 4  # unused: no distances
 
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0] if distances is not None else importance.shape[0]

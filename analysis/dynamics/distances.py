@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis.errors import InvalidInputError
 from analysis.dynamics.lds import LDSFit
+from analysis.errors import InvalidInputError
 
 # Each principal angle contributes at most -log(COS2_FLOOR) to d^2, so orthogonal subspaces get a
 # large finite distance instead of infinity.

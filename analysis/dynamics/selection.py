@@ -13,12 +13,12 @@ PruningPlan. Selection never touches a model: structural surgery lives in analys
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
-from analysis.dynamics.criteria import CRITERIA
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION
 from analysis.dynamics.distances import check_distances
 from analysis.errors import InvalidInputError
 
@@ -59,7 +59,7 @@ class PruningPlan:
         return {"criterion": self.criterion, "layers": [p.to_dict() for p in self.layers.values()]}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "PruningPlan":
+    def from_dict(cls, data: Mapping) -> PruningPlan:
         try:
             layers = {}
             for entry in data["layers"]:
@@ -109,13 +109,14 @@ def final_norm_importance(source, layer: str | None = None):
     return np.linalg.norm(final, axis=1)
 
 
-def select_units(distances, ratio, criterion: str = "dynamics", importance=None, seed: int = 0) -> PruningPlan:
+def select_units(distances, ratio, criterion: str = DEFAULT_CRITERION, importance=None,
+                seed: int = 0) -> PruningPlan:
     """Choose units to prune per layer (METHOD section 5).
 
     distances: an (H, H) array for one layer (named "" in the plan), or {layer: (H, H) array} (an
     entry may be None for criteria that don't use distances). ratio: one float in [0, 1) for every
     layer, or {layer: ratio}. importance: (H,) per layer, or {layer: (H,)}, e.g. from
-    `final_norm_importance`; required by "magnitude", used by "dynamics" to pick each cluster's
+    `final_norm_importance`; required by "magnitude" and "dynamics-greedy", used by "dynamics" to pick each cluster's
     survivor. Deterministic for a given input and seed.
     """
     if criterion not in CRITERIA:
@@ -145,7 +146,8 @@ def select_units(distances, ratio, criterion: str = "dynamics", importance=None,
                 f"or importance=final_norm_importance(trajectory) with distances given per layer")
         H = matrix.shape[0] if matrix is not None else weights.shape[0]
         if weights is not None and weights.shape[0] != H:
-            raise InvalidInputError(f"importance for {label} has {weights.shape[0]} entries but the layer has {H} units")
+            raise InvalidInputError(
+                f"importance for {label} has {weights.shape[0]} entries but the layer has {H} units")
         if name not in ratio_map:
             raise InvalidInputError(f"no pruning ratio given for {label}")
         n_prune = units_to_prune(H, ratio_map[name])

@@ -10,17 +10,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import analysis
 from analysis.errors import InvalidInputError
-from analysis.runs import read_run_metrics
-from analysis.utils.fileio import atomic_write_json
 from analysis.jobs import store
 from analysis.jobs.process import is_alive, process_token, signal_group
 from analysis.jobs.store import Job, JobStateError
 from analysis.jobs.supervisor import DEFAULT_KILL_TIMEOUT_S, command_argv
+from analysis.runs import read_run_metrics
+from analysis.utils.fileio import atomic_write_json
 
 MAX_JOBS_LIMIT = 64
 LAUNCH_TIMEOUT_S = 30.0

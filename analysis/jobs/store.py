@@ -18,13 +18,14 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from analysis.errors import DynapruneError, InvalidInputError
-from analysis.utils.fileio import atomic_write_json
 from analysis.jobs.process import is_alive, liveness_is_verifiable
+from analysis.utils.fileio import atomic_write_json
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = "queued", "running", "succeeded", "failed", "cancelled", "lost"
 CORRUPT = "corrupt"  # never written; reported when spec.json or status.json cannot be read

@@ -13,9 +13,10 @@ appended at each line end, the vocabulary built from the training split in first
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class Vocabulary:
         return {"itos": list(self.itos)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Vocabulary":
+    def from_json(cls, d: dict) -> Vocabulary:
         itos = d.get("itos") if isinstance(d, dict) else None
         if not isinstance(itos, list) or not all(isinstance(word, str) for word in itos):
             raise InvalidInputError("vocabulary JSON must be an object {\"itos\": [word, ...]} with string words; "
@@ -115,7 +116,7 @@ class Corpus:
     valid: torch.Tensor
     test: torch.Tensor
     data_dir: Path | None = None
-    language: "SyntheticLanguage | None" = field(default=None, repr=False)
+    language: SyntheticLanguage | None = field(default=None, repr=False)
     _oracle_cache: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def split(self, name: str) -> torch.Tensor:
@@ -244,7 +245,8 @@ def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, to
     if int(bptt) < 1:
         raise InvalidInputError(f"bptt must be at least 1, got {bptt}")
     if not 0 <= i < len(source) - 1:
-        raise InvalidInputError(f"batch start {i} is outside a source of {len(source)} steps (need 0 <= i < {len(source) - 1})")
+        raise InvalidInputError(
+            f"batch start {i} is outside a source of {len(source)} steps (need 0 <= i < {len(source) - 1})")
     seq_len = min(bptt, len(source) - 1 - i)
     return source[i:i + seq_len], source[i + 1:i + 1 + seq_len].reshape(-1)
 
@@ -285,7 +287,8 @@ def _find_split_file(directory: Path, split: str) -> Path:
     for name in (f"{split}.txt", f"wiki.{split}.tokens"):
         if (directory / name).is_file():
             return directory / name
-    matches = sorted(p for pattern in (f"*.{split}.txt", f"*.{split}.tokens") for p in directory.glob(pattern) if p.is_file())
+    matches = sorted(p for pattern in (f"*.{split}.txt", f"*.{split}.tokens")
+                     for p in directory.glob(pattern) if p.is_file())
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:

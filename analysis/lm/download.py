@@ -82,7 +82,8 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str, *, timeout
         except urllib.error.HTTPError as error:
             raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
         except urllib.error.URLError as error:
-            raise DownloadError(f"downloading {url} failed: {error.reason}; check the address and the network") from None
+            raise DownloadError(
+                f"downloading {url} failed: {error.reason}; check the address and the network") from None
         except (OSError, ValueError, http.client.HTTPException) as error:   # timeouts, resets, truncated replies
             raise DownloadError(f"downloading {url} failed: {error}") from None
         if digest != expected:

@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from analysis.lm.corpora import batchify, get_batch
 from analysis.errors import InvalidInputError
+from analysis.lm.corpora import batchify, get_batch
 from analysis.lm.model import RNNLanguageModel
 
 # How every perplexity in this project is measured (METHOD section 9): 10 columns, 35-token windows.
@@ -48,5 +48,6 @@ def evaluate(model: RNNLanguageModel, data: torch.Tensor, batch_size: int = EVAL
     finally:
         model.train(was_training)
     if n_tokens == 0:
-        raise InvalidInputError(f"an evaluation stream of {data.numel()} tokens is too short for batch size {batch_size}")
+        raise InvalidInputError(
+            f"an evaluation stream of {data.numel()} tokens is too short for batch size {batch_size}")
     return total_nll / n_tokens, n_tokens

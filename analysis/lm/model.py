@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.utils.configs import PlainConfig
 from analysis.errors import CheckpointError, InvalidInputError
 from analysis.runs import resolve_model_path
 from analysis.trajectories.checkpoints import read_torch_file
 from analysis.trajectories.layers import GATES_PER_KIND
+from analysis.utils.configs import PlainConfig
 from analysis.utils.fileio import atomic_path
 
 RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN}
@@ -45,11 +45,12 @@ class ModelConfig(PlainConfig):
     tie_weights: bool = False
     init_range: float = 0.1
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.rnn_type not in RNN_TYPES:
             raise InvalidInputError(f"rnn_type {self.rnn_type!r} is not one of {sorted(RNN_TYPES)}")
         if int(self.vocab_size) < 1 or int(self.embedding_size) < 1:
-            raise InvalidInputError(f"vocab_size and embedding_size must be positive, got {self.vocab_size}, {self.embedding_size}")
+            raise InvalidInputError(
+                f"vocab_size and embedding_size must be positive, got {self.vocab_size}, {self.embedding_size}")
         if not self.hidden_sizes or any(int(h) < 1 for h in self.hidden_sizes):
             raise InvalidInputError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -187,7 +188,7 @@ class RNNLanguageModel(nn.Module):
         logits = torch.mm(with_ones.to(dtype), self._weight_with_bias(weight, bias, dtype).t())
         return logits.to(flat.dtype).view(*output.shape[:-1], -1)
 
-    def set_inference_precision(self, dtype: torch.dtype) -> "RNNLanguageModel":
+    def set_inference_precision(self, dtype: torch.dtype) -> RNNLanguageModel:
         """Precision of the decoder product in forward passes that need no gradient: torch.float32
         (the default: the weights' own dtype) or torch.bfloat16, for a frozen teacher.
 

@@ -48,7 +48,8 @@ class SyntheticLanguage:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InvalidInputError(f"synthetic language seed must be a non-negative integer, got {seed!r}")
         if not 2 <= int(n_states) <= 4096:
-            raise InvalidInputError(f"synthetic language needs 2 to 4096 hidden states (one is the sentence end), got {n_states}")
+            raise InvalidInputError(
+                f"synthetic language needs 2 to 4096 hidden states (one is the sentence end), got {n_states}")
         if not 1 <= int(vocab_size) <= 50_000:
             raise InvalidInputError(f"synthetic language vocabulary must hold 1 to 50000 words, got {vocab_size}")
         self.seed, self.n_states, self.vocab_size = int(seed), int(n_states), int(vocab_size)
@@ -182,7 +183,8 @@ def _make_transition(n_states: int, rng: np.random.Generator) -> np.ndarray:
     transition = np.zeros((n_states, n_states))
     starts = rng.choice(emitting, size=min(_SENTENCE_STARTS, n_emitting), replace=False)
     transition[END_STATE, starts] = rng.dirichlet(np.ones(len(starts)))
-    transition[END_STATE, emitting] = (1 - _TRANSITION_LEAK) * transition[END_STATE, emitting] + _TRANSITION_LEAK / n_emitting
+    transition[END_STATE, emitting] = ((1 - _TRANSITION_LEAK) * transition[END_STATE, emitting]
+                                       + _TRANSITION_LEAK / n_emitting)
     for state in emitting:
         successors = rng.choice(emitting, size=min(_SUCCESSORS, n_emitting), replace=False)
         row = np.zeros(n_states)

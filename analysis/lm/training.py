@@ -18,28 +18,33 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from analysis.utils.allocator import reuse_freed_memory
-from analysis.lm.corpora import Corpus, batchify, get_batch
 from analysis.errors import DynapruneError, InvalidInputError
+from analysis.lm.corpora import Corpus, batchify, get_batch
 from analysis.lm.evaluation import evaluate, perplexity
-from analysis.utils.fileio import append_json_line
-from analysis.utils.progress import ProgressCallback, ProgressUpdate
 from analysis.lm.model import ModelConfig, RNNLanguageModel, load_model, save_model
 from analysis.lm.run_state import Progress, TrainingState, describe_run, open_run_dir, restore, write_checkpoint
+from analysis.lm.training_config import (
+    OPTIMIZERS,
+    TEACHER_PRECISIONS,
+    TrainConfig,
+    resolve_record_every,
+    steps_per_epoch,
+)
+from analysis.pruning.distillation import distillation_loss
 from analysis.runs import BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE, TRAJECTORY_DIR
 from analysis.trajectories.recorder import TrajectoryRecorder
-from analysis.pruning.distillation import distillation_loss
+from analysis.utils.allocator import reuse_freed_memory
+from analysis.utils.fileio import append_json_line
+from analysis.utils.progress import ProgressCallback, ProgressUpdate
 from analysis.utils.stopping import StopFlag, sigterm_requests_stop
-from analysis.lm.training_config import (OPTIMIZERS, TEACHER_PRECISIONS, TrainConfig, resolve_record_every,
-                                      steps_per_epoch)
 
 
 class TrainingInterrupted(DynapruneError):
@@ -121,7 +126,8 @@ class _Trainer:
         self.run_dir, self.corpus, self.config, self.device, self.log = run_dir, corpus, config, device, log
         self.n_batches = steps_per_epoch(corpus.train.numel(), config)
         if self.n_batches < 1:
-            raise InvalidInputError(f"the training split of {corpus.source} is too short for batch size {config.batch_size}")
+            raise InvalidInputError(
+                f"the training split of {corpus.source} is too short for batch size {config.batch_size}")
         self.record_every = resolve_record_every(config, corpus.train.numel())
         self.run_info = describe_run(corpus, model_config, {**config.to_dict(), "record_every": self.record_every},
                                      initial_model, teacher)
@@ -287,7 +293,8 @@ class _Trainer:
             p.finished = True
             self._write_checkpoint()
             _log(self.log, f"done: best valid ppl {final['best_val_ppl']:.2f}"
-                           + (f", test ppl {final['test_ppl']:.2f}" if "test_ppl" in final else "") + f" ({self.run_dir})")
+                           + (f", test ppl {final['test_ppl']:.2f}" if "test_ppl" in final else "")
+                           + f" ({self.run_dir})")
         elif self.resumed:
             _log(self.log, f"{self.run_dir} already holds a finished run; nothing to do (--overwrite trains it again)")
         return TrainResult(run_dir=self.run_dir, model=self.model, best_val_loss=p.best_val_loss,

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from analysis.utils.configs import PlainConfig
-from analysis.utils.options import option
 from analysis.errors import InvalidInputError
 from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT
 from analysis.lm.model import preset
+from analysis.utils.configs import PlainConfig
+from analysis.utils.options import option
 
 TARGET_SNAPSHOTS = 40
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
@@ -52,14 +52,15 @@ class TrainConfig(PlainConfig):
     teacher_precision: str = option("float32", "precision of the teacher's output layer (only with a teacher)",
                                     choices=sorted(TEACHER_PRECISIONS))
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         for name in ("epochs", "lr", "lr_decay", "bptt", "batch_size", "eval_batch_size", "eval_bptt",
                      "log_interval", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"training setting {name} must be positive, got {getattr(self, name)}")
         for name in ("max_batches_per_epoch", "max_eval_batches"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InvalidInputError(f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
+                raise InvalidInputError(
+                    f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
         if self.record_every is not None and self.record_every < 0:
             raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
         if self.optimizer not in OPTIMIZERS:
@@ -89,7 +90,7 @@ class TrainConfig(PlainConfig):
         return self.lr_at_epoch(step // steps_per_epoch + 1)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         return cls.from_dict({**preset(name)["training"], **overrides})
 
 

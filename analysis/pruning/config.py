@@ -11,7 +11,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from analysis.dynamics.selection import CRITERIA, units_to_prune
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION
+from analysis.dynamics.lds import DEFAULT_ORDER
+from analysis.dynamics.selection import units_to_prune
 from analysis.errors import InvalidInputError
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.pruning.importance import DEFAULT_CALIBRATION_BATCHES
@@ -64,7 +66,8 @@ class PipelineConfig(PlainConfig):
              "LAYER=R,LAYER=R per layer (a layer not named keeps its units); 0 fine-tunes the unpruned model the "
              "same way, as a control", parse=parse_ratio, format=format_ratio, metavar="R|LAYER=R,...")
     stages: int = option(3, "number of prune-and-fine-tune stages (1: one-shot pruning)")
-    criterion: str = option("dynamics", "how units are chosen", choices=sorted(CRITERIA))
+    criterion: str = option(DEFAULT_CRITERION, "how units are chosen (docs/criteria.md compares them)",
+                            choices=sorted(CRITERIA))
     epochs_per_stage: int = option(2, "fine-tuning epochs after each cut")
     regularization: str = option("da-l2", "da-l2: discrimination-aware L2; l2: the same strength for every unit "
                                           "(all s_k = 0); none: no penalty", choices=REGULARIZATIONS)
@@ -80,7 +83,7 @@ class PipelineConfig(PlainConfig):
     teacher_precision: str = option(
         "float32", "precision of the teacher's output layer: bfloat16 is about 3x faster on CPUs with bfloat16 "
                    "units and changes the targets very little", choices=sorted(TEACHER_PRECISIONS))
-    lds_order: int = option(4, "state dimension of each unit's LDS (capped at T - 1 for T snapshots)")
+    lds_order: int = option(DEFAULT_ORDER, "state dimension of each unit's LDS (capped at T - 1 for T snapshots)")
     horizon: int | float | None = option(
         None, "dynamics-distance horizon in steps; inf: the Martin distance; none: the number of snapshots",
         parse=parse_horizon, metavar="M|inf|none")

@@ -52,8 +52,8 @@ def unit_penalty_coefficients(model: RNNLanguageModel, importances: Mapping[str,
         else:
             scores = np.asarray(importances[name], dtype=np.float64)
             if scores.shape != (H,):
-                raise InvalidInputError(f"layer {name}: importances have shape {scores.shape} but the layer has {H} units; "
-                                        f"measure them on this model")
+                raise InvalidInputError(f"layer {name}: importances have shape {scores.shape} but the layer has {H} "
+                                        f"units; measure them on this model")
             if not np.isfinite(scores).all() or scores.min() < 0 or scores.max() > 1:
                 raise InvalidInputError(f"layer {name}: importances must lie in [0, 1]")
             unit = torch.as_tensor((1.0 - scores) ** gamma, dtype=parameter.dtype, device=parameter.device)
@@ -61,7 +61,8 @@ def unit_penalty_coefficients(model: RNNLanguageModel, importances: Mapping[str,
     return coefficients
 
 
-def penalty_from_coefficients(model: RNNLanguageModel, coefficients: Mapping[str, torch.Tensor], lam: float) -> torch.Tensor:
+def penalty_from_coefficients(model: RNNLanguageModel, coefficients: Mapping[str, torch.Tensor],
+                              lam: float) -> torch.Tensor:
     """lam * sum over layers and weight rows of coefficient * ||row||^2 (rows of weight_ih and weight_hh)."""
     total = None
     for name, rnn in zip(model.layer_names, model.rnns):

@@ -15,7 +15,6 @@ import torch
 
 from analysis.errors import InvalidInputError
 
-
 # Rows per chunk of the fused loss: a chunk's few (rows x vocabulary) buffers stay in the CPU's
 # cache (16 x 10,000 floats = 640 KB each) while every pass over them runs.
 LOSS_CHUNK_ROWS = 16

@@ -17,7 +17,8 @@ from analysis.lm.model import RNNLanguageModel
 DEFAULT_CALIBRATION_BATCHES = 8
 
 
-def unit_importances(model: RNNLanguageModel, data: torch.Tensor | Iterable, *, max_batches: int = DEFAULT_CALIBRATION_BATCHES,
+def unit_importances(model: RNNLanguageModel, data: torch.Tensor | Iterable, *,
+                     max_batches: int = DEFAULT_CALIBRATION_BATCHES,
                      batch_size: int = 20, bptt: int = 35) -> dict[str, np.ndarray]:
     """First-order Taylor importance of every hidden unit, normalised per layer to [0, 1].
 

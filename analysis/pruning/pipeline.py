@@ -21,30 +21,44 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from analysis.dynamics.selection import PruningPlan
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError
 from analysis.lm.evaluation import evaluate, perplexity
-from analysis.utils.fileio import append_json_line, atomic_write_json, atomic_write_text, read_json_lines, read_json_object
 from analysis.lm.model import RNNLanguageModel, load_model, save_model
 from analysis.lm.run_state import fingerprint
-from analysis.pruning.da_l2 import DiscriminationAwareL2
-from analysis.dynamics.selection import PruningPlan
-from analysis.runs import (BEST_MODEL_FILE, FINAL_MODEL_FILE, IMPORTANCE_FILE, METRICS_FILE, PIPELINE_FILE, PLAN_FILE,
-                           list_stages, stage_path)
-from analysis.utils.progress import ProgressCallback
-from analysis.utils.stopping import sigterm_requests_stop
-from analysis.pruning.surgery import count_parameters, prune_units
-from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
-from analysis.pruning.source import READ_REMEDY, resolve_source
-from analysis.pruning.stages import choose_units, stage_train_config
 from analysis.lm.training import TrainingInterrupted, train_language_model
 from analysis.lm.training_config import SETTINGS_OF_OLDER_RUNS
+from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
+from analysis.pruning.da_l2 import DiscriminationAwareL2
+from analysis.pruning.source import READ_REMEDY, resolve_source
+from analysis.pruning.stages import choose_units, stage_train_config
+from analysis.pruning.surgery import count_parameters, prune_units
+from analysis.runs import (
+    BEST_MODEL_FILE,
+    FINAL_MODEL_FILE,
+    IMPORTANCE_FILE,
+    METRICS_FILE,
+    PIPELINE_FILE,
+    PLAN_FILE,
+    list_stages,
+    stage_path,
+)
+from analysis.utils.fileio import (
+    append_json_line,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_lines,
+    read_json_object,
+)
+from analysis.utils.progress import ProgressCallback
+from analysis.utils.stopping import sigterm_requests_stop
 
 PIPELINE_FORMAT = "dynaprune-pipeline"
 
@@ -64,7 +78,8 @@ class PipelineResult:
 
 
 def run_pruning_pipeline(out_dir: str | Path, *, source: str | Path, config: PipelineConfig, data: str | None = None,
-                         corpus=None, overwrite: bool = False, progress: ProgressCallback | None = None, device: str = "cpu",
+                         corpus=None, overwrite: bool = False, progress: ProgressCallback | None = None,
+                         device: str = "cpu",
                          log: Callable[[str], None] | None = print) -> PipelineResult:
     """Prune the model in `source` (see resolve_source) to `config.ratio` in `config.stages` stages
     into the directory `out_dir`; see the module docstring. `data` overrides the corpus recorded
@@ -84,7 +99,8 @@ class _Pipeline:
         if not spec and corpus is None:
             raise InvalidInputError(f"{self.source.model_path} does not record its corpus; pass --data SPEC")
         self.corpus = corpus if corpus is not None else load_corpus(spec)
-        self.corpus.check_vocabulary(str(self.source.model_path), self.source.model.config.vocab_size, self.source.vocab)
+        self.corpus.check_vocabulary(str(self.source.model_path), self.source.model.config.vocab_size,
+                                     self.source.vocab)
         if out.exists() and not out.is_dir():
             raise InvalidInputError(f"{out} is a file; choose a directory for the pruning run")
         original = self.source.model
@@ -111,16 +127,19 @@ class _Pipeline:
             old_config = {**SETTINGS_OF_OLDER_RUNS, **PipelineConfig.with_current_names(stored.get("config") or {})}
             new_config = self.description["config"]
             differences = [f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
-                           for key in sorted(set(old_config) | set(new_config)) if old_config.get(key) != new_config.get(key)]
-            differences += [key for key in ("source_model_sha256", "data_source") if stored.get(key) != self.description[key]]
+                           for key in sorted(set(old_config) | set(new_config))
+                           if old_config.get(key) != new_config.get(key)]
+            differences += [key for key in ("source_model_sha256", "data_source")
+                            if stored.get(key) != self.description[key]]
             if differences:
-                raise CheckpointError(f"{self.out} holds a pruning run with different settings ({', '.join(differences)}); "
+                raise CheckpointError(f"{self.out} holds a pruning run with different settings "
+                                      f"({', '.join(differences)}); "
                                       f"choose another output directory, or pass --overwrite to start it again")
             return
         stage_dirs = list_stages(self.out)
         if stage_dirs and not stored_path.is_file():
-            raise InvalidInputError(f"{self.out} holds {stage_dirs[0].name}/ but no {PIPELINE_FILE}; it is not a pruning "
-                                    f"run's directory. Choose another output directory")
+            raise InvalidInputError(f"{self.out} holds {stage_dirs[0].name}/ but no {PIPELINE_FILE}; it is not a "
+                                    f"pruning run's directory. Choose another output directory")
         for stage_dir in stage_dirs:  # an earlier run of this pipeline, started again (overwrite)
             shutil.rmtree(stage_dir)
         for name in (METRICS_FILE, FINAL_MODEL_FILE):
@@ -144,7 +163,8 @@ class _Pipeline:
         append_json_line(self.out / METRICS_FILE, event)
 
     def _find(self, kind: str, stage: int | None = None) -> dict | None:
-        return next((e for e in self.events if e.get("event") == kind and (stage is None or e.get("stage") == stage)), None)
+        return next((e for e in self.events
+                     if e.get("event") == kind and (stage is None or e.get("stage") == stage)), None)
 
     def _say(self, message: str) -> None:
         if self.log is print:
@@ -187,7 +207,8 @@ class _Pipeline:
             if final is None:
                 final = self._reference(teacher, "final")
                 save_model(self.out / FINAL_MODEL_FILE, teacher, self.corpus.vocab,
-                           {"data_source": self.corpus.source, "val_ppl": final["val_ppl"], "test_ppl": final["test_ppl"],
+                           {"data_source": self.corpus.source, "val_ppl": final["val_ppl"],
+                            "test_ppl": final["test_ppl"],
                             "pipeline": {"source": self.description["source"], "config": self.config.to_dict()}})
                 self._emit(final)
             self._say(f"final: hidden sizes {teacher.config.hidden_sizes}, valid ppl {final['val_ppl']:.2f}, test ppl "

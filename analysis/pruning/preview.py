@@ -19,18 +19,18 @@ whole split.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from analysis.dynamics.selection import CRITERIA, select_units
 from analysis.errors import InvalidInputError
 from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT, evaluate, perplexity
 from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
-from analysis.dynamics.selection import CRITERIA, select_units
 from analysis.pruning.surgery import kept_units, prune_units
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000

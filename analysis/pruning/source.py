@@ -42,7 +42,8 @@ def resolve_source(path: str | Path) -> PipelineSource:
     if path.is_dir() and (path / PIPELINE_FILE).is_file():  # its last stage trained the final model
         stages = list_stages(path)
         if not (path / FINAL_MODEL_FILE).is_file() or not stages:
-            raise InvalidInputError(f"{path}: this pruning run has not finished; finish it before pruning its result further")
+            raise InvalidInputError(
+                f"{path}: this pruning run has not finished; finish it before pruning its result further")
         root = trajectory_dir = stages[-1]
     model, info = load_model(path)
     run_info = (read_json_object(root / RUN_FILE, "the run description", READ_REMEDY) if (root / RUN_FILE).is_file()

@@ -10,7 +10,7 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-
+from analysis.dynamics.criteria import CRITERIA
 from analysis.dynamics.selection import PruningPlan, final_norm_importance, select_units
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.lm.model import RNNLanguageModel
@@ -45,6 +45,7 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
     """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
     from analysis.trajectories.trajectory import load_trajectory
 
+    criterion = CRITERIA[config.criterion]
     sizes = dict(zip(teacher.layer_names, (rnn.hidden_size for rnn in teacher.rnns)))
     trajectory = None
     if trajectory_dir is not None:
@@ -53,16 +54,16 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
             if layer not in trajectory.layers or trajectory.layer_info(layer).hidden_size != size:
                 raise InvalidInputError(f"{trajectory_dir}: the trajectory does not belong to the model being pruned "
                                         f"(layer {layer} has {size} units in the model); give the run it came from")
-    elif config.criterion == "dynamics":
-        raise InvalidInputError("the dynamics criterion needs the trajectory the model's weights followed in training; "
-                                f"start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
+    elif criterion.needs_distances:
+        raise InvalidInputError(f"the {config.criterion} criterion needs the trajectory the model's weights followed "
+                                f"in training; start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
     distances, importance, ratio = {}, {}, {}
     for layer in kept_target:
         ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
         # no trajectory: the model's own unit weight vectors are the final ones
         importance[layer] = final_norm_importance(trajectory if trajectory is not None else teacher, layer)
         distances[layer] = None
-        if config.criterion == "dynamics" and ratio[layer] > 0:
+        if criterion.needs_distances and ratio[layer] > 0:
             from analysis.dynamics.distances import dynamics_distances
             from analysis.dynamics.lds import fit_layer
 
@@ -71,5 +72,6 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
     plan = select_units(distances, ratio, criterion=config.criterion, importance=importance, seed=config.seed + stage)
     for layer, target in kept_target.items():
         if len(plan.layers[layer].kept) != target:
-            raise DynapruneError(f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
+            raise DynapruneError(
+                f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
     return plan

@@ -12,7 +12,8 @@ consumer's input weights (the next layer's weight_ih, or the decoder's weight).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ def kept_units(plan: Any) -> Mapping[str, Any]:
     kept = getattr(plan, "kept", plan)
     if not isinstance(kept, Mapping):
         raise InvalidInputError(
-            f"a pruning plan must be a PruningPlan or a dict layer name -> kept unit indices, got {type(plan).__name__}")
+            f"a pruning plan must be a PruningPlan or a dict layer name -> kept unit indices, "
+            f"got {type(plan).__name__}")
     return kept
 
 
@@ -43,7 +45,8 @@ def _validated_indices(layer: str, indices: Any, hidden_size: int) -> np.ndarray
     bad = array[(array < 0) | (array >= hidden_size)]
     if bad.size:
         raise InvalidInputError(
-            f"layer {layer}: unit indices {bad[:5].tolist()} out of range; the layer has {hidden_size} units (0..{hidden_size - 1})")
+            f"layer {layer}: unit indices {bad[:5].tolist()} out of range; "
+            f"the layer has {hidden_size} units (0..{hidden_size - 1})")
     unique, counts = np.unique(array, return_counts=True)
     if np.any(counts > 1):
         raise InvalidInputError(f"layer {layer}: duplicate unit indices {unique[counts > 1][:5].tolist()}")
@@ -67,7 +70,7 @@ def prune_units(model: RNNLanguageModel, plan: Any) -> RNNLanguageModel:
 
     config = model.config
     kept: list[np.ndarray] = []
-    for index, (name, rnn) in enumerate(zip(names, model.rnns)):
+    for name, rnn in zip(names, model.rnns):
         if name in requested:
             kept.append(_validated_indices(name, requested[name], rnn.hidden_size))
         else:

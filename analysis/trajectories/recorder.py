@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from analysis.errors import CheckpointError, InvalidInputError
-from analysis.utils.fileio import atomic_path, atomic_write_json
 from analysis.trajectories.layers import RecurrentLayerInfo, find_recurrent_layers
 from analysis.trajectories.trajectory import FORMAT_VERSION, MANIFEST_NAME, SNAPSHOT_DIR
+from analysis.utils.fileio import atomic_path, atomic_write_json
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

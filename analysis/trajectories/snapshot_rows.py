@@ -115,7 +115,7 @@ class SnapshotReader:
         self._snapshot = snapshot
         self._mapped: _MappedSafetensors | None = None
 
-    def __enter__(self) -> "SnapshotReader":
+    def __enter__(self) -> SnapshotReader:
         if self._snapshot.tensors is None:
             try:
                 self._mapped = _MappedSafetensors(self._snapshot.file)

@@ -19,7 +19,12 @@ import numpy as np
 
 from analysis.errors import CheckpointError, InvalidInputError
 from analysis.runs import MANIFEST_FILE, TRAJECTORY_DIR
-from analysis.trajectories.checkpoints import SAFETENSORS_SUFFIX, is_checkpoint_file, load_state_dict, read_safetensors_shapes
+from analysis.trajectories.checkpoints import (
+    SAFETENSORS_SUFFIX,
+    is_checkpoint_file,
+    load_state_dict,
+    read_safetensors_shapes,
+)
 from analysis.trajectories.layers import RecurrentLayerInfo, find_recurrent_layers
 from analysis.trajectories.snapshot_rows import Snapshot, SnapshotReader, all_finite, plan_row_reads
 
@@ -111,7 +116,8 @@ class Trajectory:
             )
         snapshot = self._snapshots[snapshot_index]
         key = info.weight_ih_key if which == "weight_ih" else info.weight_hh_key
-        matrix = np.empty((info.gates * info.hidden_size, info.hidden_size if which == "weight_hh" else info.input_size),
+        matrix = np.empty((info.gates * info.hidden_size,
+                           info.hidden_size if which == "weight_hh" else info.input_size),
                           dtype=np.float32)  # a copy: in-memory snapshots must not be mutated
         with SnapshotReader(snapshot) as reader:
             reader.copy_rows(key, 0, matrix.shape[0], matrix)

@@ -24,7 +24,8 @@ class PlainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise InvalidInputError(f"unknown {cls.config_name} keys {sorted(unknown)}; expected some of {sorted(known)}")
+            raise InvalidInputError(
+                f"unknown {cls.config_name} keys {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(**cls._coerced(dict(data)))
 
     @classmethod

@@ -6,9 +6,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.exploration import (fit_quality_table, group_by_labels, heatmap_view, nearest_neighbours, pca_paths,
-                                  transition_eigenvalues, unit_circle)
 from analysis.dynamics.criteria import cluster_units
+from analysis.exploration import (
+    fit_quality_table,
+    group_by_labels,
+    heatmap_view,
+    nearest_neighbours,
+    pca_paths,
+    transition_eigenvalues,
+    unit_circle,
+)
 from app import common
 
 st.title("Dynamics")

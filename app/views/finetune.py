@@ -111,9 +111,9 @@ else:
             stages=int(stages), epochs_per_stage=int(epochs), regularization=regularization, da_l2=da_l2,
             da_l2_gamma=gamma, importance_refresh_epochs=int(refresh), calibration_batches=int(calibration),
             distillation=distillation, distill_alpha=distill_alpha, distill_temperature=distill_temperature,
-            teacher_precision=teacher_precision, lds_order=int(lds_order), horizon=horizon, lr=lr or None,
-            lr_decay=lr_decay or None, decay_after_epoch=int(decay_after), lr_schedule=lr_schedule,
-            snapshots_per_stage=int(snapshots), seed=int(seed), dry_run=dry_run)
+            teacher_precision=teacher_precision, lds_order=None if lds_order is None else int(lds_order),
+            horizon=horizon, lr=lr or None, lr_decay=lr_decay or None, decay_after_epoch=int(decay_after),
+            lr_schedule=lr_schedule, snapshots_per_stage=int(snapshots), seed=int(seed), dry_run=dry_run)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
             st.error("The folder name may hold letters, digits, '.', '_' and '-' only (no slashes), at most 100.")
         elif target.exists():

@@ -5,11 +5,21 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.exploration import (fit_quality_table, gate_names, gate_norms, group_by_labels, heatmap_view, norm_bands,
-                                  pca_paths, transition_eigenvalues, unit_circle, unit_status)
+from analysis.exploration import (
+    fit_quality_table,
+    gate_names,
+    gate_norms,
+    group_by_labels,
+    heatmap_view,
+    norm_bands,
+    pca_paths,
+    transition_eigenvalues,
+    unit_circle,
+    unit_status,
+)
 from analysis.pruning.config import PipelineConfig
-from analysis.pruning.preview import plan_footprint
 from analysis.pruning.importance import unit_importances
+from analysis.pruning.preview import plan_footprint
 from app import common
 
 st.title("The method, step by step")

@@ -4,10 +4,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.exploration import group_by_labels, heatmap_view, unit_status
-from analysis.pruning.preview import (DEFAULT_CURVE_RATIOS, model_perplexity, plan_footprint, zero_shot_curve,
-                                      zero_shot_perplexity)
+from analysis.dynamics.criteria import DEFAULT_CRITERION
 from analysis.dynamics.selection import CRITERIA
+from analysis.exploration import greedy_removal_table, group_by_labels, heatmap_view, unit_redundancy, unit_status
+from analysis.pruning.preview import (
+    DEFAULT_CURVE_RATIOS,
+    model_perplexity,
+    plan_footprint,
+    zero_shot_curve,
+    zero_shot_perplexity,
+)
 from app import common
 
 st.title("Prune")
@@ -39,11 +45,14 @@ left, right = st.columns([2, 1])
 ratio = left.slider("Pruning ratio (fraction of hidden units removed)", 0.0, 0.9,
                     float(st.session_state.get(common.RATIO_KEY, 0.5)), 0.05, key="prune_ratio_slider")
 names = list(CRITERIA)
-criterion = right.selectbox("Criterion", names, index=names.index(st.session_state.get(common.CRITERION_KEY,
-                                                                                        "dynamics")),
+criterion = right.selectbox("Criterion", names,
+                            index=names.index(st.session_state.get(common.CRITERION_KEY, DEFAULT_CRITERION)),
                             key="prune_criterion_select",
-                            help="dynamics: cluster units with similar dynamics, keep the strongest of each cluster; "
-                                 "magnitude: remove the smallest final weight vectors; random: a seeded draw.")
+                            help="dynamics-greedy (default): remove, one at a time, the unit whose final weight norm "
+                                 "times its dynamics distance to the nearest kept unit is smallest; dynamics: cluster "
+                                 "units with similar dynamics, keep the strongest of each cluster (the method as "
+                                 "first written); magnitude: remove the smallest final weight vectors; random: a "
+                                 "seeded draw. docs/criteria.md compares them.")
 st.session_state[common.RATIO_KEY], st.session_state[common.CRITERION_KEY] = ratio, criterion
 ratios = {layer: ratio for layer in trajectory.layers}
 if st.toggle("Per-layer ratios", key="prune_per_layer"):
@@ -116,6 +125,34 @@ heat.update_layout(height=460, margin={"t": 20, "b": 40}, yaxis={"autorange": "r
                    yaxis_title="")
 right.plotly_chart(heat, key="prune_heatmap")
 right.caption("Distance matrix ordered by cluster; pruned units are marked on the diagonal.")
+
+# ------------------------------------------------------------------ why
+st.subheader("Why these units go")
+redundancy = unit_redundancy(distances, common.importance(str(source), sig, layer), layer_plan.pruned)
+left, right = st.columns(2)
+why = px.scatter(redundancy, x="importance", y="distance", color="status", symbol="status",
+                 color_discrete_map={"kept": "#1f77b4", "pruned": "#d62728"},
+                 symbol_map={"kept": "circle", "pruned": "x"}, hover_data=["unit", "nearest unit", "score"],
+                 labels={"importance": "importance (final weight norm)",
+                         "distance": "dynamics distance to the nearest unit", "status": ""}, height=420)
+why.update_layout(margin={"t": 20, "b": 40})
+left.plotly_chart(why, key="prune_why")
+left.caption("Each unit by what the default criterion weighs: how strong it is, and how close another unit's "
+             "dynamics are to its own. dynamics-greedy removes from the lower left: weak units with a near twin.")
+n_pruned = len(layer_plan.pruned)
+if criterion == "dynamics-greedy" and n_pruned:
+    right.markdown("**The removals in order**")
+    right.dataframe(greedy_removal_table(distances, common.importance(str(source), sig, layer), n_pruned),
+                    hide_index=True, height=360, width="stretch",
+                    column_config={"distance": st.column_config.NumberColumn(format="%.3f"),
+                                   "importance": st.column_config.NumberColumn(format="%.3f"),
+                                   "score": st.column_config.NumberColumn(format="%.4f")})
+    right.caption("Each step removes the kept unit with the smallest score = importance x distance to its "
+                  "nearest kept unit; once a unit's twin is gone its score rises, so pairs are not both removed.")
+else:
+    right.markdown("**Lowest redundancy scores**")
+    right.dataframe(redundancy.head(20), hide_index=True, height=360, width="stretch")
+    right.caption("score = importance x distance to the nearest unit, before any removal.")
 
 # ------------------------------------------------------------------ curve
 st.subheader("Zero-shot perplexity against the ratio")

@@ -5,8 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb
 
-from analysis.exploration import (downsample_matrix, gate_names, gate_norms, norm_bands, pca_paths,
-                                  unit_norm_paths)
+from analysis.exploration import downsample_matrix, gate_names, gate_norms, norm_bands, pca_paths, unit_norm_paths
 from app import common
 
 st.title("Trajectories")
