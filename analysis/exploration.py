@@ -1,15 +1,15 @@
 """The numbers behind the dashboard's exploration pages: weight norms over training, PCA paths of
 unit weight vectors, a 2-D map of units from their dynamics distances, heatmap orderings, nearest
-neighbours, the eigenvalues of each unit's transition matrix, and the curves and tables of
-training and pruning runs (their events read with analysis.runs.read_run_metrics). Nothing here
-draws; every function returns arrays or data frames.
+neighbours, the eigenvalues of each unit's transition matrix, and what the dynamics-greedy
+criterion weighs per unit. Nothing here draws; every function returns arrays or data frames.
+The curves and tables of runs are in analysis.run_curves.
 
     norms = gate_norms(trajectory, "rnns.0.l0")            # (T, G, H)
     bands = norm_bands(norms, trajectory.steps, gate_names(trajectory.layer_info("rnns.0.l0")))
     paths = pca_paths(trajectory.unit_vectors("rnns.0.l0", units=[3, 7]), n_components=3)
     xy = mds_embedding(distances, seed=0)                   # (H, 2)
     order = heatmap_order(distances, plan.layers[layer].clusters)
-    curve = pipeline_curve(read_run_metrics("runs/prune-a"))
+    why = unit_redundancy(distances, final_norm_importance(trajectory, "rnns.0.l0"))
 """
 from __future__ import annotations
 
@@ -234,6 +234,20 @@ def nearest_neighbours(distances, unit: int, k: int = 5, labels=None) -> pd.Data
     return frame
 
 
+def distance_profile(distances) -> pd.DataFrame:
+    """Two distributions of one layer's dynamics distances: every pair, and each unit's distance to
+    its nearest other unit. The first can look uniform while the second still shows which units
+    have a near twin, which is what the dynamics-greedy criterion reads. Columns: distance, which."""
+    D = check_distances(distances)
+    H = D.shape[0]
+    if H < 2:
+        raise InvalidInputError("a layer needs at least 2 units to have distances")
+    nearest = np.where(np.eye(H, dtype=bool), np.inf, D).min(axis=1)
+    pairs = D[np.triu_indices(H, 1)]
+    return pd.DataFrame({"distance": np.concatenate([pairs, nearest]),
+                         "which": ["all pairs"] * pairs.size + ["each unit's nearest unit"] * H})
+
+
 def unit_redundancy(distances, importance, pruned=()) -> pd.DataFrame:
     """What the dynamics-greedy criterion weighs, per unit of one layer: its importance, its nearest
     unit in dynamics distance, that distance, and their product (the redundancy score: the smaller,
@@ -305,77 +319,6 @@ def ordered_matrix(distances, order) -> np.ndarray:
     return D[np.ix_(order, order)]
 
 
-# ----------------------------------------------------------------------------- results of runs
-
-
-def training_curve(events: list[dict]) -> pd.DataFrame:
-    """Validation perplexity per epoch of a training run: columns epoch, val_ppl."""
-    rows = [(int(e["epoch"]), float(e["val_ppl"])) for e in events
-            if e.get("event") == "epoch" and _is_number(e.get("val_ppl")) and _is_number(e.get("epoch"))]
-    return pd.DataFrame(rows, columns=["epoch", "val_ppl"])
-
-
-def pipeline_curve(events: list[dict]) -> pd.DataFrame:
-    """Validation perplexity along a pruning pipeline, one row per point: columns position
-    (epochs of fine-tuning done so far), stage, epoch, val_ppl and kind: "baseline" (the model
-    before pruning, position 0), "zero-shot" (right after each pruning) or "epoch"."""
-    rows, done = [], 0
-    for event in events:
-        kind = event.get("event")
-        if kind == "baseline" and _is_number(event.get("val_ppl")):
-            rows.append((0, None, None, float(event["val_ppl"]), "baseline"))
-        elif kind == "stage_start" and _is_number(event.get("zero_shot_val_ppl")):
-            rows.append((done, event.get("stage"), 0, float(event["zero_shot_val_ppl"]), "zero-shot"))
-        elif kind == "epoch" and _is_number(event.get("val_ppl")):
-            done += 1
-            rows.append((done, event.get("stage"), event.get("epoch"), float(event["val_ppl"]), "epoch"))
-    return pd.DataFrame(rows, columns=["position", "stage", "epoch", "val_ppl", "kind"])
-
-
-def reference_lines(events: list[dict]) -> dict[str, float]:
-    """Baseline and oracle validation perplexity found in a run's events (absent ones left out)."""
-    lines = {}
-    for event in events:
-        if event.get("event") in ("baseline", "final") and _is_number(event.get("oracle_ppl")):
-            lines["oracle"] = float(event["oracle_ppl"])
-        if event.get("event") == "baseline" and _is_number(event.get("val_ppl")):
-            lines["baseline"] = float(event["val_ppl"])
-        if event.get("event") == "epoch" and _is_number(event.get("oracle_ppl")):
-            lines.setdefault("oracle", float(event["oracle_ppl"]))
-    return lines
-
-
-def pipeline_table(events: list[dict]) -> pd.DataFrame:
-    """One row per stage (and a final row): ratio, hidden sizes, parameters, zero-shot and best
-    validation perplexity, wall time, and for the final row the test perplexity."""
-    stages: dict = {}
-    rows = []
-    for event in events:
-        kind, stage = event.get("event"), event.get("stage")
-        if kind == "baseline":
-            rows.append({"stage": "baseline", "val_ppl": event.get("val_ppl"), "test_ppl": event.get("test_ppl"),
-                         "params_recurrent": event.get("params_recurrent"), "params_total": event.get("params_total")})
-        elif kind == "stage_start":
-            stages[stage] = {"stage": stage, "ratio": event.get("ratio"),
-                             "hidden_sizes": _sizes_text(event.get("hidden_sizes")),
-                             "params_recurrent": event.get("params_recurrent"),
-                             "params_total": event.get("params_total"),
-                             "zero_shot_val_ppl": event.get("zero_shot_val_ppl")}
-            rows.append(stages[stage])
-        elif kind == "stage_end" and stage in stages:
-            stages[stage].update(val_ppl=event.get("best_val_ppl"), wall_s=event.get("wall_s"))
-        elif kind == "final":
-            rows.append({"stage": "final", "val_ppl": event.get("val_ppl"), "test_ppl": event.get("test_ppl"),
-                         "params_recurrent": event.get("params_recurrent"), "params_total": event.get("params_total")})
-    columns = ["stage", "ratio", "hidden_sizes", "params_recurrent", "params_total", "zero_shot_val_ppl",
-               "val_ppl", "test_ppl", "wall_s"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame["stage"] = frame["stage"].astype(str)
-    for column in columns[3:]:  # missing entries become NaN, so the columns stay numeric
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -384,12 +327,3 @@ def _checked_units(units, n_units: int) -> np.ndarray:
     if array.size and (array.min() < 0 or array.max() >= n_units):
         raise InvalidInputError(f"unit indices must be in [0, {n_units}); got {array.min()}..{array.max()}")
     return array
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _sizes_text(sizes) -> str | None:
-    return None if sizes is None else " x ".join(str(s) for s in sizes) if isinstance(sizes, list) else str(sizes)
-

@@ -7,6 +7,7 @@ import torch
 from analysis import exploration
 from analysis.dynamics.criteria import cluster_units
 from analysis.dynamics.lds import LDSFit, fit_lds
+from analysis.dynamics.selection import select_units
 from analysis.errors import InvalidInputError
 from analysis.exploration import (
     PCAPaths,
@@ -21,11 +22,7 @@ from analysis.exploration import (
     norm_bands,
     ordered_matrix,
     pca_paths,
-    pipeline_curve,
-    pipeline_table,
     positions_in_order,
-    reference_lines,
-    training_curve,
     transition_eigenvalues,
     unit_circle,
     unit_norm_paths,
@@ -244,49 +241,6 @@ def test_ordered_matrix_positions_and_status():
 # ----------------------------------------------------------------------------- runs and results
 
 
-PIPELINE_EVENTS = [
-    {"event": "baseline", "val_ppl": 100.0, "params_recurrent": 1000, "params_total": 5000, "oracle_ppl": 50.0},
-    {"event": "stage_start", "stage": 1, "ratio": 0.2, "hidden_sizes": [8, 8], "zero_shot_val_ppl": 130.0,
-     "params_recurrent": 700, "params_total": 4000},
-    {"event": "epoch", "stage": 1, "epoch": 1, "val_ppl": 110.0, "train_loss": 4.7, "elapsed_s": 1.0},
-    {"event": "epoch", "stage": 1, "epoch": 2, "val_ppl": 104.0, "train_loss": 4.6, "elapsed_s": 2.0},
-    {"event": "stage_end", "stage": 1, "best_val_ppl": 104.0, "wall_s": 2.5},
-    {"event": "stage_start", "stage": 2, "ratio": 0.36, "hidden_sizes": [6, 6], "zero_shot_val_ppl": 150.0,
-     "params_recurrent": 400, "params_total": 3000},
-    {"event": "epoch", "stage": 2, "epoch": 1, "val_ppl": 108.0, "train_loss": 4.7, "elapsed_s": 1.0},
-    {"event": "stage_end", "stage": 2, "best_val_ppl": 108.0, "wall_s": 1.5},
-    {"event": "final", "val_ppl": 108.0, "test_ppl": 107.0, "params_recurrent": 400, "params_total": 3000,
-     "oracle_ppl": 50.0},
-]
-
-
-def test_pipeline_curve_places_zero_shot_points_at_each_cut():
-    curve = pipeline_curve(PIPELINE_EVENTS)
-    assert curve["kind"].tolist() == ["baseline", "zero-shot", "epoch", "epoch", "zero-shot", "epoch"]
-    assert curve["position"].tolist() == [0, 0, 1, 2, 2, 3]
-    assert curve["val_ppl"].tolist() == [100.0, 130.0, 110.0, 104.0, 150.0, 108.0]
-    assert pipeline_curve([]).empty
-
-
-def test_pipeline_table_has_a_row_per_stage_and_final():
-    table = pipeline_table(PIPELINE_EVENTS)
-    assert table["stage"].tolist() == ["baseline", "1", "2", "final"]
-    stage_two = table.iloc[2]
-    assert stage_two["hidden_sizes"] == "6 x 6" and stage_two["val_ppl"] == 108.0 and stage_two["wall_s"] == 1.5
-    assert stage_two["zero_shot_val_ppl"] == 150.0
-    assert table.iloc[3]["test_ppl"] == 107.0
-    assert table["params_total"].dtype.kind in "if" and np.isnan(table.iloc[0]["zero_shot_val_ppl"])
-    assert "ratio" in table.to_csv(index=False).splitlines()[0]
-
-
-def test_reference_lines_and_training_curve():
-    assert reference_lines(PIPELINE_EVENTS) == {"baseline": 100.0, "oracle": 50.0}
-    events = [{"event": "epoch", "epoch": 1, "val_ppl": 90.0, "oracle_ppl": 40.0}, {"event": "test", "test_ppl": 3.0},
-              {"event": "epoch", "epoch": 2, "val_ppl": 80.0}]
-    assert training_curve(events)["val_ppl"].tolist() == [90.0, 80.0]
-    assert reference_lines(events) == {"oracle": 40.0}
-
-
 def test_pca_paths_of_units_that_never_move_are_all_zero():
     paths = pca_paths(np.ones((3, 2, 4)))
     assert isinstance(paths, PCAPaths)
@@ -312,3 +266,32 @@ def test_heatmap_view_block_averages_large_layers_and_moves_marks():
     assert view.marks.tolist() == [0, 4]  # unit 9 is drawn first, unit 0 last
     full = exploration.heatmap_view(D, order, marked=[9, 0])
     assert full.block == 1 and full.marks.tolist() == [0, 9] and full.matrix[0, 1] == D[9, 8]
+
+
+def test_unit_redundancy_scores_importance_times_nearest_distance():
+    D = np.array([[0.0, 0.1, 1.0], [0.1, 0.0, 2.0], [1.0, 2.0, 0.0]])
+    table = exploration.unit_redundancy(D, np.array([2.0, 1.0, 0.5]), pruned=[1])
+    assert table["unit"].tolist() == [1, 0, 2]  # scores 0.1, 0.2, 0.5
+    assert table["nearest unit"].tolist() == [0, 1, 0]
+    assert np.allclose(table["score"], [0.1, 0.2, 0.5])
+    assert table["status"].tolist() == ["pruned", "kept", "kept"]
+    with pytest.raises(InvalidInputError, match="2 entries"):
+        exploration.unit_redundancy(D, np.ones(2))
+
+
+def test_greedy_removal_table_follows_the_criterion():
+    D, _ = two_family_distances()
+    importance = np.random.default_rng(3).random(D.shape[0])
+    table = exploration.greedy_removal_table(D, importance, 5)
+    plan = select_units(D, 5 / D.shape[0], "dynamics-greedy", importance=importance)
+    assert sorted(table["unit"]) == plan.pruned[""].tolist()
+    assert table["step"].tolist() == [1, 2, 3, 4, 5]
+    assert np.allclose(table["score"], table["importance"] * table["distance"])
+
+
+def test_distance_profile_has_every_pair_and_every_unit():
+    D = np.array([[0.0, 0.1, 1.0], [0.1, 0.0, 2.0], [1.0, 2.0, 0.0]])
+    profile = exploration.distance_profile(D)
+    pairs = profile[profile["which"] == "all pairs"]["distance"]
+    nearest = profile[profile["which"] != "all pairs"]["distance"]
+    assert sorted(pairs) == [0.1, 1.0, 2.0] and nearest.tolist() == [0.1, 0.1, 1.0]

@@ -105,7 +105,7 @@ def check_distances(distances, what: str = "distances") -> np.ndarray:
         raise InvalidInputError(f"{what} contain NaN or Inf")
     if D.size:
         # exact symmetry (what dynamics_distances returns) is a cheap check; only otherwise compare
-        # within a tolerance, which costs ~15x more on a 1500 x 1500 matrix
+        # within a tolerance, which costs far more on a large matrix
         symmetric = np.array_equal(D, D.T) or np.abs(D - D.T).max() <= 1e-9 * max(1.0, float(np.abs(D).max()))
         if D.min() < 0 or not symmetric:
             raise InvalidInputError(f"{what} must be symmetric and non-negative")

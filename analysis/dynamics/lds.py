@@ -153,7 +153,7 @@ def _fit(Y: np.ndarray, order: int, overwrite: bool) -> LDSFit:
     # and saves a pass over the (large) data in the common case.
     if not (torch.isfinite(mean).all() and torch.isfinite(gram).all()):
         _check_finite(Y, "unit vectors", _NonFiniteUnitVectors)
-    # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (20-60x slower here).
+    # Batched small-matrix LAPACK calls oversubscribe the cores when threaded (many times slower).
     with threadpool_limits(limits=1):
         eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
     s_squared = eigvals.flip(-1).clamp_min(0.0)

@@ -102,9 +102,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "clip": 10.0 / 35, "bptt": 35, "batch_size": 20},
         "data": "ptb",
     },
-    # Sized for the synthetic language: close to its oracle perplexity in about a minute on 2 cores.
-    # Plain SGD at lr 1 stays at the unigram plateau on this language for several epochs; Adam leaves it
-    # at once (measured: valid ppl about 54 after 8 epochs, oracle 48.8, unigram 171).
+    # Sized for the synthetic language: close to its oracle perplexity in about a minute. Plain SGD at
+    # lr 1 stays at the unigram plateau on this language for several epochs; Adam leaves it at once
+    # (sample_checkpoints/README.md has the run's figures).
     "synthetic-tiny": {
         "model": {"embedding_size": 32, "hidden_sizes": [64, 64], "rnn_type": "LSTM",
                   "dropout": 0.2, "tie_weights": False, "init_range": 0.1},
@@ -193,10 +193,9 @@ class RNNLanguageModel(nn.Module):
         (the default: the weights' own dtype) or torch.bfloat16, for a frozen teacher.
 
         bfloat16 rounds h and [W | b] to 8 significant bits and the logits to bfloat16 (the sums
-        are accumulated in float32). On CPUs with bfloat16 units the product is about 3x faster,
-        and on the ptb-small sample the distillation targets softmax(z / 2) it gives differ from
-        float32's by 1.1e-5 nats of KL divergence on average (benchmarks/bench_finetune_step.py
-        measures both). Passes with gradients always use the weights' own dtype.
+        are accumulated in float32). It is faster only on CPUs with bfloat16 units, and changes
+        the distillation targets very little: benchmarks/bench_finetune_step.py measures both
+        (docs/benchmarks.md). Passes with gradients always use the weights' own dtype.
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise InvalidInputError(f"inference precision must be torch.float32 or torch.bfloat16, got {dtype}")

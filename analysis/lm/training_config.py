@@ -48,7 +48,7 @@ class TrainConfig(PlainConfig):
     max_eval_batches: int | None = option(None, "cap on the batches of an evaluation (dry runs); none: all")
     distill_alpha: float = option(0.5, "weight of the distillation term (only with a teacher)")
     distill_temperature: float = option(2.0, "distillation temperature (only with a teacher)")
-    # "bfloat16": about 3x faster on CPUs with bfloat16 units (RNNLanguageModel.set_inference_precision)
+    # "bfloat16": faster on CPUs with bfloat16 units (RNNLanguageModel.set_inference_precision)
     teacher_precision: str = option("float32", "precision of the teacher's output layer (only with a teacher)",
                                     choices=sorted(TEACHER_PRECISIONS))
 

@@ -81,8 +81,8 @@ class PipelineConfig(PlainConfig):
     distill_alpha: float = option(0.5, "weight of the distillation term", aliases=("--kd-alpha",))
     distill_temperature: float = option(2.0, "distillation temperature", aliases=("--kd-tau",))
     teacher_precision: str = option(
-        "float32", "precision of the teacher's output layer: bfloat16 is about 3x faster on CPUs with bfloat16 "
-                   "units and changes the targets very little", choices=sorted(TEACHER_PRECISIONS))
+        "float32", "precision of the teacher's output layer: bfloat16 is faster on CPUs with bfloat16 units "
+                   "and changes the targets very little (docs/benchmarks.md)", choices=sorted(TEACHER_PRECISIONS))
     lds_order: int = option(DEFAULT_ORDER, "state dimension of each unit's LDS (capped at T - 1 for T snapshots)")
     horizon: int | float | None = option(
         None, "dynamics-distance horizon in steps; inf: the Martin distance; none: the number of snapshots",

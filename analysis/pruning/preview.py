@@ -5,7 +5,7 @@ that perplexity against the pruning ratio for each selection criterion.
 Zero-shot perplexity is measured on the first `max_tokens` tokens of the validation split
 (default DEFAULT_MAX_EVAL_TOKENS = 10,000: half the synthetic validation split, an eighth of
 PTB's), so that moving a slider answers within a couple of seconds even for a PTB-sized model on
-one busy core (about 0.7 s for 2 x 200 LSTM units and 10,000 words). It follows METHOD section 9
+one busy core (docs/benchmarks.md has the timings). It follows METHOD section 9
 otherwise (batch 10, bptt 35, hidden state carried across windows); pass max_tokens=None for the
 whole split.
 

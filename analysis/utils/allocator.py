@@ -4,8 +4,8 @@ A training step allocates and frees several (tokens x vocabulary) float32 buffer
 ptb-small's batches of 400 tokens: logits, the teacher's logits, gradients. With its default
 settings glibc's malloc gives such memory back to the kernel as soon as more than 32 MB lies free
 at the top of the heap, and the next step asks for it again; the kernel zero-fills every page on
-first touch. Measured with `benchmarks/bench_finetune_step.py` on this project's CPU: about 11,700
-page faults (46 MB) per distillation step, which made it 20 ms slower (about 90 ms instead of 70).
+first touch, which costs a distillation step thousands of page faults (docs/benchmarks.md,
+"Fine-tuning step cost", has the measurement).
 
 `reuse_freed_memory()` raises malloc's mmap threshold to its maximum (32 MB: blocks up to that size
 come from the heap) and its trim threshold to 1 GiB (free memory at the top of the heap is kept up to

@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.exploration import pipeline_curve, pipeline_table, reference_lines, training_curve
+from analysis.run_curves import pipeline_curve, pipeline_table, reference_lines, training_curve
 from analysis.runs import FINAL_MODEL_FILE, find_runs, read_run_metrics, run_kind
 from app import common
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from analysis.dynamics.criteria import cluster_units
 from analysis.exploration import (
+    distance_profile,
     fit_quality_table,
     group_by_labels,
     heatmap_view,
@@ -105,6 +106,15 @@ scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=labels.astype(s
 scatter.update_layout(margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20)
 right.plotly_chart(scatter, key="dyn_embedding")
 right.caption("Units placed so that their plane distances follow the dynamics distances (MDS).")
+
+profile = distance_profile(distances)
+histogram = px.histogram(profile, x="distance", color="which", barmode="overlay", histnorm="probability",
+                         nbins=60, height=300, labels={"distance": "dynamics distance d", "which": ""})
+histogram.update_layout(margin={"t": 20, "b": 40}, yaxis_title="share")
+st.plotly_chart(histogram, key="dyn_distance_profile")
+st.caption("Where the heatmap looks uniform, the nearest-unit distances still spread out: units with a near twin "
+           "in dynamics sit on the left. The default criterion (dynamics-greedy) removes weak units with a near "
+           "twin first; the Prune page shows each unit's score.")
 
 # ------------------------------------------------------------------ one unit
 st.subheader("A unit and its nearest neighbours")

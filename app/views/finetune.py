@@ -15,9 +15,9 @@ from analysis import jobs
 from analysis.cli.prune import config_of_job, job_args
 from analysis.dynamics.selection import CRITERIA
 from analysis.errors import DynapruneError
-from analysis.exploration import pipeline_curve, reference_lines
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.pruning.config import REGULARIZATIONS, uniform_or_per_layer
+from analysis.run_curves import pipeline_curve, reference_lines
 from app import common
 
 POLL_SECONDS = 2.0
