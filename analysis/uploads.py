@@ -51,15 +51,39 @@ def newest_change(folder: Path) -> float:
     return newest
 
 
+def path_arguments(args: Iterable[str]) -> list[str]:
+    """Every argument of a command line that may name a path: plain words and the values of
+    `--option=VALUE` (`--option VALUE` gives its value as the next, plain word)."""
+    found = []
+    for argument in args:
+        if argument.startswith("--") and "=" in argument:
+            found.append(argument.split("=", 1)[1])
+        elif argument and not argument.startswith("-"):
+            found.append(argument)
+    return found
+
+
 def paths_used_by_jobs(home: str | os.PathLike | None = None) -> list[Path]:
-    """Every path-like argument of the jobs that may still run or be resumed (all but succeeded ones)."""
+    """Every path-like argument of the jobs that may still run or be resumed (all but succeeded
+    ones), resolved (links and `..` followed) against the job's working folder."""
     used = []
     for job in list_jobs(home=home):
         if job.state == SUCCEEDED:
             continue
         base = Path(job.cwd) if job.cwd else Path.cwd()
-        used += [(base / argument).absolute() for argument in job.args if not argument.startswith("-")]
+        for argument in path_arguments(job.args):
+            try:
+                used.append((base / argument).resolve())
+            except (OSError, RuntimeError, ValueError):
+                used.append((base / argument).absolute())
     return used
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return Path(path).absolute()
 
 
 _FROM_ENVIRONMENT = object()
@@ -76,12 +100,13 @@ def remove_stale_uploads(home: str | os.PathLike | None = None, *, max_age_s=_FR
     if limit is None or not root.is_dir() or root.is_symlink():
         return []
     now = time.time() if now is None else now
-    used = [Path(p).absolute() for p in (paths_used_by_jobs(home) if in_use is None else in_use)]
+    used = [_resolved(p) for p in (paths_used_by_jobs(home) if in_use is None else in_use)]
     removed = []
     for folder in sorted(root.iterdir()):
         if folder.is_symlink() or not folder.is_dir():
             continue
-        if any(path == folder.absolute() or path.is_relative_to(folder.absolute()) for path in used):
+        real = _resolved(folder)
+        if any(path == real or path.is_relative_to(real) for path in used):
             continue
         if now - newest_change(folder) > limit:
             shutil.rmtree(folder, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from dataclasses import replace
@@ -29,11 +30,9 @@ from analysis.runs import (
     BEST_MODEL_FILE,
     MANIFEST_FILE,
     TRAJECTORY_DIR,
-    find_runs,
+    find_trajectories,
     has_trajectory,
-    list_stages,
     resolve_model_path,
-    run_kind,
 )
 from analysis.trajectories.archives import extract_checkpoint_archive
 from analysis.trajectories.trajectory import load_trajectory
@@ -78,14 +77,9 @@ def list_samples() -> list[Path]:
 
 
 def list_run_trajectories() -> list[Path]:
-    """Training runs under the runs folder, and each stage of pipeline outputs there."""
-    found = []
-    for run in find_runs(runs_dir()):
-        if run_kind(run) == "pipeline":
-            found += [stage for stage in list_stages(run) if has_trajectory(stage)]
-        elif has_trajectory(run):
-            found.append(run)
-    return found
+    """Every trajectory under the runs folder: training runs, each stage of pipeline outputs, recorded
+    trajectories and plain folders of checkpoints (analysis.runs.find_trajectories)."""
+    return [path for path, _ in find_trajectories(runs_dir())]
 
 
 def display_name(path: Path | str) -> str:
@@ -120,17 +114,20 @@ def clean_old_uploads() -> int:
 def import_archive(name: str, data: bytes, folder: Path, max_unpacked_bytes: int) -> Path:
     """Unpack an uploaded zip of checkpoints into a new folder inside `folder` and check that it
     holds a readable trajectory; return that folder. Nothing is left behind on failure (the zip is
-    always removed; a folder that holds no trajectory is removed too)."""
+    always removed; a folder that holds no trajectory is removed too). The zip is written into a
+    hidden folder of its own, so its name never meets an earlier upload's folder."""
     safe_name = safe_file_name(name, default="upload.zip")
-    archive = folder / safe_name
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-upload-", dir=folder))
     try:
+        archive = staging / safe_name
         atomic_write_bytes(archive, data)
         extracted = extract_checkpoint_archive(archive, folder, max_total_bytes=max_unpacked_bytes)
     finally:
-        archive.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     try:
         trajectory(str(extracted), signature(extracted))
-    except DynapruneError:
+    except BaseException:  # not a trajectory, over the memory budget, interrupted: remove what was unpacked
         shutil.rmtree(extracted, ignore_errors=True)
         raise
     return extracted

@@ -1,6 +1,6 @@
 """Which unit-selection criterion cuts a trained language model best? A resumable study.
 
-    DYNAPRUNE_PTB_DIR=/path/to/ptb python benchmarks/criteria_study.py --train     # everything
+    DYNAPRUNE_PTB_DIR=/path/to/ptb python benchmarks/criteria_study.py --train --full-method   # everything
     python benchmarks/criteria_study.py --sources ptb-small --variants magnitude dynamics-clusters
     python benchmarks/criteria_study.py --report docs/criteria.md                    # the tables only
 
@@ -12,12 +12,15 @@ same preset trained from other seeds with a snapshot every 150 steps, and a GRU 
 trains missing sources (resumably, with `dynaprune train`) into --work-dir/sources.
 
 Every result is appended to --work-dir/zero_shot.jsonl as soon as it is measured; rows already
-there are not measured again, so an interrupted study continues where it stopped.
+there are not measured again, so an interrupted study continues where it stopped. `--full-method`
+then runs the whole method (`dynaprune prune` at 50%, 3 stages of 1 epoch) from each source with
+each named criterion into --work-dir/full/, resuming unfinished runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -109,7 +112,49 @@ def measure(source: Source, variant_names: list[str], ratios: list[float], resul
               flush=True)
 
 
-def report(results_path: Path, out: Path | None, variant_names: list[str], ratios: list[float]) -> str:
+def full_method_dir(work_dir: Path, source: Source, criterion: str, ratio: float) -> Path:
+    return work_dir / "full" / source.name / f"{criterion}-{round(ratio * 100)}-seed0"
+
+
+def run_full_method(work_dir: Path, source: Source, criterion: str, ratio: float, threads: int) -> dict | None:
+    """The full method (3 stages, 1 epoch each, distillation and DA-L2: `dynaprune prune`'s defaults)
+    from one source; resumable, so a run cut short continues where it stopped."""
+    out = full_method_dir(work_dir, source, criterion, ratio)
+    if not _final_event(out):
+        command = [sys.executable, "-m", "analysis.cli", "prune", "--from", str(source.path), "--out", str(out),
+                   "--ratio", str(ratio), "--criterion", criterion, "--epochs-per-stage", "1", "--seed", "0",
+                   "--threads", str(threads), "--no-progress"]
+        print("pruning:", " ".join(command[3:]), flush=True)
+        subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "DYNAPRUNE_PTB_DIR": _ptb_dir()})
+    return _final_event(out)
+
+
+def _final_event(run_dir: Path) -> dict | None:
+    events = read_run_metrics(run_dir) if run_dir.is_dir() else []
+    final = [e for e in events if e.get("event") == "final"]
+    baseline = [e for e in events if e.get("event") == "baseline"]
+    return {**final[-1], "baseline_test_ppl": baseline[-1].get("test_ppl") if baseline else None} if final else None
+
+
+def _ptb_dir() -> str:
+    return os.environ.get("DYNAPRUNE_PTB_DIR", "")
+
+
+def full_method_report(work_dir: Path, criteria: list[str], ratio: float) -> str:
+    lines = [f"### Full method at {ratio:.0%}: test perplexity (change against the unpruned source)", "",
+             "| source | unpruned | " + " | ".join(criteria) + " |", "| --- | --- |" + " --- |" * len(criteria)]
+    for source in sources(work_dir).values():
+        finals = {c: _final_event(full_method_dir(work_dir, source, c, ratio)) for c in criteria}
+        if not any(finals.values()):
+            continue
+        base = next((f["baseline_test_ppl"] for f in finals.values() if f), None)
+        cells = [f"{f['test_ppl']:.2f} ({(f['test_ppl'] / base - 1) * 100:+.2f}%)" if f and base else
+                 (f"{f['test_ppl']:.2f}" if f else "") for f in finals.values()]
+        lines.append(f"| {source.name} | {base:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(results_path: Path, variant_names: list[str], ratios: list[float]) -> str:
     results = read_results(results_path)
     names = [n for n in sources(Path(".")) if any(key[0] == n for key in results)]
     lines = []
@@ -124,10 +169,7 @@ def report(results_path: Path, out: Path | None, variant_names: list[str], ratio
             mean = f"{np.mean(held):.2f}" if held and len(held) == len(names) - 1 else ""
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
-    text = "\n".join(lines)
-    if out is not None:
-        out.write_text(text)
-    return text
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -139,6 +181,9 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="train missing held-out sources first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", type=Path, help="write the tables (Markdown) here")
+    parser.add_argument("--full-method", nargs="*", metavar="CRITERION",
+                        help="also run the full method at 50%% from each chosen source with these criteria "
+                             "(default: dynamics-greedy magnitude)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +197,18 @@ def main() -> None:
                 continue
             train(source, args.threads)
         measure(source, args.variants, args.ratios, results_path)
-    print(report(results_path, args.report, args.variants, args.ratios))
+    full_criteria = None if args.full_method is None else (args.full_method or ["dynamics-greedy", "magnitude"])
+    if full_criteria:
+        for source in chosen:
+            if is_trained(source):
+                for criterion in full_criteria:
+                    run_full_method(args.work_dir, source, criterion, 0.5, args.threads)
+    text = report(results_path, args.variants, args.ratios)
+    if full_criteria:
+        text += "\n" + full_method_report(args.work_dir, full_criteria, 0.5)
+    if args.report is not None:
+        args.report.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

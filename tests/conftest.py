@@ -84,3 +84,17 @@ def corpus():
     from analysis.lm.corpora import load_corpus
 
     return load_corpus(SMALL_CORPUS)
+
+
+# Hypothesis property tests (tests/test_hardening.py): few examples by default, so `make test` stays
+# quick; HYPOTHESIS_PROFILE=thorough runs many more.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("default", max_examples=25, deadline=None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    settings.register_profile("thorough", max_examples=500, deadline=None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # hypothesis is in the test extra; without it only the property tests are skipped
+    pass

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from analysis import jobs
 from analysis.cli.prune import config_of_job
 from analysis.errors import InvalidInputError
 from analysis.lm.model import ModelConfig, RNNLanguageModel, save_model
 from analysis.pruning.config import PipelineConfig
+from analysis.runs import NO_MODEL_HINT
 from analysis.trajectories.recorder import TrajectoryRecorder
 from tests.conftest import EMBEDDED_SAMPLES, REPO_ROOT
 
@@ -295,11 +297,35 @@ def test_a_trajectory_without_a_model_still_explores_and_prunes(samples, jobs_ho
     monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(bare.parent))
     app = open_page("views/prune.py")
     assert int(metric(app, "Units pruned in all")) > 0
-    assert any("No model next to this trajectory" in message.value for message in app.info)
+    assert any(message.value == NO_MODEL_HINT for message in app.info)
     assert not any(m.label == "Zero-shot validation perplexity" for m in app.metric)
     app = open_page("views/finetune.py")
-    assert any("cannot be fine-tuned" in message.value for message in app.info)
+    assert any(message.value == NO_MODEL_HINT for message in app.info)
     assert not app.get("form")
+
+
+def test_a_plain_checkpoint_folder_in_the_runs_folder_is_listed_and_told_how_to_get_a_model(env):
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"embedding": nn.Embedding(12, 4), "lstm": nn.LSTM(4, 6), "head": nn.Linear(6, 12)})
+    folder = env / "runs" / "my-checkpoints"
+    folder.mkdir(parents=True)
+    for step in (100, 200, 300, 400):
+        with torch.no_grad():
+            model["lstm"].weight_hh_l0.add_(0.05 * torch.randn_like(model["lstm"].weight_hh_l0))
+        torch.save(model.state_dict(), folder / f"step_{step}.pt")
+    app = open_page("views/data.py")
+    app.radio(key="data_origin").set_value("A run in the runs folder").run()
+    assert app.selectbox(key="data_run").options == ["runs: my-checkpoints"]
+    app.selectbox(key="data_run").select(folder).run()
+    app.button(key="use_run").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.session_state["source"] == str(folder)
+    app.switch_page("views/prune.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert int(metric(app, "Units pruned in all")) > 0
+    assert [message.value for message in app.info if "dynaprune model" in message.value] == [NO_MODEL_HINT]
+    app.switch_page("views/finetune.py").run()
+    assert any(message.value == NO_MODEL_HINT for message in app.info)
 
 
 def test_a_diverged_snapshot_is_reported_not_raised(jobs_home, tmp_path, monkeypatch):

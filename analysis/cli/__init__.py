@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from analysis.errors import DynapruneError
@@ -17,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "train": "analysis.cli.train",
     "eval": "analysis.cli.eval",
     "prune": "analysis.cli.prune",
+    "import": "analysis.cli.import_lm",
     "download-ptb": "analysis.cli.download_ptb",
 }
 
@@ -44,9 +46,59 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except DynapruneError as error:
-        print(f"dynaprune {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _error(args.command, error)
+    except BrokenPipeError:
+        # the reader went away (`dynaprune jobs list | head -1`): stop quietly, as other tools do
+        _silence_stdout()
+        return 0
+    except OSError as error:
+        # a file or folder the command writes or reads is unusable (read-only, full, missing...)
+        where = f"{error.filename}: " if error.filename else ""
+        return _error(args.command, f"{where}{error.strerror or error.__class__.__name__}")
     except KeyboardInterrupt:
         print(f"dynaprune {args.command}: interrupted", file=sys.stderr)
         return 130
 
+
+def run_main() -> int:
+    """main() as a process runs it (`dynaprune`, `python -m analysis.cli`): the exit code, also for
+    argparse's refusals; a background job's command also leaves its exit record in the job's folder."""
+    try:
+        code = main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    _record_job_exit(code)
+    return code
+
+
+def _record_job_exit(code: int) -> None:
+    job_id, attempt = os.environ.get("DYNAPRUNE_JOB_ID"), os.environ.get("DYNAPRUNE_JOB_ATTEMPT", "")
+    if not job_id or not attempt.isdigit():
+        return
+    try:
+        from analysis.jobs import store
+
+        store.write_exit_record(store.job_path(job_id), int(attempt), code)
+    except (DynapruneError, OSError):
+        pass  # no record: the job then counts as lost, as before
+
+
+def _error(command: str, error: object) -> int:
+    """Say what went wrong in one line (no terminal escapes); exit status 2: bad input or setting."""
+    from analysis.utils.limits import one_line
+
+    try:
+        print(f"dynaprune {command}: error: {one_line(error, 2000)}", file=sys.stderr)
+    except OSError:
+        pass
+    return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's flush at exit does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

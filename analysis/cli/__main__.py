@@ -1,6 +1,6 @@
 """`python -m analysis.cli ...`: the same as the `dynaprune` command."""
 import sys
 
-from analysis.cli import main
+from analysis.cli import run_main
 
-sys.exit(main())
+sys.exit(run_main())

@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from analysis.pruning.pipeline import PipelineInterrupted, run_pruning_pipeline
+    from analysis.utils.devices import checked_device
     from analysis.utils.progress import TerminalProgress
 
+    device = checked_device(args.device)  # before any work
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_pruning_pipeline(args.out, source=args.source, config=config, data=args.data,
                                       overwrite=args.overwrite,
                                       progress=None if args.no_progress else TerminalProgress(unit="batch"),
-                                      device=args.device)
+                                      device=device)
     except PipelineInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

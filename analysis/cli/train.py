@@ -53,9 +53,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from analysis.lm.corpora import load_corpus
     from analysis.lm.training import TrainingInterrupted, train_language_model
+    from analysis.utils.devices import checked_device
     from analysis.utils.progress import TerminalProgress
 
     chosen = preset(args.preset)
+    device = checked_device(args.device)  # before any work: a wrong device should not cost a corpus load
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_language_model(args.out, corpus=corpus, model_config=model_config, train_config=train_config,
                                       overwrite=args.overwrite,
                                       progress=None if args.no_progress else TerminalProgress(unit="batch"),
-                                      device=args.device)
+                                      device=device)
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

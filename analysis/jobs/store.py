@@ -3,17 +3,21 @@
     <DYNAPRUNE_HOME>/jobs/<id>/spec.json    what to run: args, argv, cwd, label, out dir (written once)
     <DYNAPRUNE_HOME>/jobs/<id>/status.json  state, pids, times, exit code, heartbeat, message
     <DYNAPRUNE_HOME>/jobs/<id>/log.txt      stdout and stderr of every attempt, appended
+    <DYNAPRUNE_HOME>/jobs/<id>/exit.json    the command's own exit record: attempt, pid, exit code
     <DYNAPRUNE_HOME>/jobs/<id>/.lock        serialises read-modify-write of status.json
 
 Job ids are validated against JOB_ID_PATTERN before any path is built from them. Reading a job
 also checks that its processes still exist; an active job whose processes are all gone is
-recorded as "lost" right there, so no daemon is needed to notice a crash or a reboot.
+recorded as "lost" right there, so no daemon is needed to notice a crash or a reboot; unless
+the command left its own exit record for this attempt (its supervisor was killed, the command ran
+on and ended), which then gives the final state instead.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import secrets
@@ -160,7 +164,7 @@ def _read_json_dict(path: Path) -> dict:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CorruptJobError(f"{path} is missing; the job directory is incomplete — delete {path.parent}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CorruptJobError(f"{path} is not valid JSON ({error}); delete {path.parent} or restore the file") from None
     if not isinstance(value, dict):
         raise CorruptJobError(f"{path} does not hold a JSON object; delete {path.parent} or restore the file")
@@ -233,9 +237,47 @@ def loss_reason(status: dict, now: float | None = None) -> str | None:
     return f"no heartbeat for more than {HEARTBEAT_STALE_S:.0f} s"
 
 
+EXIT_RECORD_FILE = "exit.json"
+
+
+def write_exit_record(job_dir: Path, attempt: int, exit_code: int) -> None:
+    """What the job's command writes as it exits (analysis.cli.run_main): its attempt, pid and exit code."""
+    atomic_write_json(job_dir / EXIT_RECORD_FILE, {"attempt": attempt, "pid": os.getpid(), "exit_code": exit_code,
+                                                    "ended_at": time.time()})
+
+
+def read_exit_record(job_dir: Path, status: dict) -> dict | None:
+    """The exit record of the attempt `status` describes, written by the command it started; None if
+    there is none (the command was killed, or the record is an earlier attempt's or unreadable)."""
+    try:
+        record = json.loads((job_dir / EXIT_RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("exit_code"), int):
+        return None
+    if record.get("attempt") != status.get("attempt") or record.get("pid") != _token_pid(status.get("command")):
+        return None
+    return record
+
+
+def _ended_by_record(current: dict, record: dict) -> dict:
+    code = record["exit_code"]
+    if code == 0:
+        state, message = SUCCEEDED, "finished"
+    elif current.get("cancel_requested"):
+        state, message = CANCELLED, f"cancelled (exit code {code})"
+    else:
+        state, message = FAILED, f"failed with exit code {code}; see the log"
+    ended = _number(record.get("ended_at")) or time.time()
+    current.update(state=state, exit_code=code, ended_at=ended,
+                   message=f"{message} (its supervisor was gone; from the command's own exit record)")
+    return current
+
+
 def mark_lost_if_dead(job_dir: Path, status: dict) -> dict:
-    """Record an active job whose processes died as lost. Re-checked under the lock, so a
-    supervisor writing its final status at this very moment wins."""
+    """Record an active job whose processes died: by the command's own exit record when it left
+    one, else as lost. Re-checked under the lock, so a supervisor writing its final status at
+    this very moment wins."""
     if loss_reason(status) is None:
         return status
 
@@ -243,6 +285,9 @@ def mark_lost_if_dead(job_dir: Path, status: dict) -> dict:
         reason = loss_reason(current)
         if reason is None:
             return None
+        record = read_exit_record(job_dir, current)
+        if record is not None:
+            return _ended_by_record(current, record)
         current.update(state=LOST, ended_at=time.time(), message=f"lost: {reason}; resume it to continue")
         return current
 
@@ -253,8 +298,16 @@ def _token_pid(token: Any) -> int | None:
     return token.get("pid") if isinstance(token, dict) and isinstance(token.get("pid"), int) else None
 
 
+# Timestamps outside this range (NaN, Infinity, centuries away) are read as unknown.
+_TIMESTAMP_RANGE = (0.0, 1e11)
+
+
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A timestamp from status.json, or None where it is missing or not a plausible time."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and _TIMESTAMP_RANGE[0] <= value <= _TIMESTAMP_RANGE[1] else None
 
 
 def job_from_files(spec: dict, status: dict, job_id: str) -> Job:

@@ -167,8 +167,10 @@ def _run_command(job_dir: Path, spec: dict, slot: int, cancel: _CancelSignal) ->
         _fail(job_dir, f"failed: {spec['args'][0]!r} is not a dynaprune command")
         return
     argv = command_argv(spec["args"])
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DYNAPRUNE_JOB_ID=job_dir.name)
     attempt = store.read_status(job_dir).get("attempt", 1)
+    # the command writes its own exit record for this attempt (analysis.cli.run_main), which tells
+    # the truth should this supervisor be killed while the command runs on
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DYNAPRUNE_JOB_ID=job_dir.name, DYNAPRUNE_JOB_ATTEMPT=str(attempt))
     _log(job_dir, f"attempt {attempt} started: dynaprune {' '.join(spec['args'])}")
     try:
         with open(job_dir / "log.txt", "ab") as log:

@@ -12,6 +12,7 @@ can have different hidden sizes once units are pruned. Parameter names therefore
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from analysis.trajectories.checkpoints import read_torch_file
 from analysis.trajectories.layers import GATES_PER_KIND
 from analysis.utils.configs import PlainConfig
 from analysis.utils.fileio import atomic_path
+from analysis.utils.limits import check_load_budget, one_line
 
 RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN}
 # Gate blocks per hidden unit; the torch class name is the layer kind of the one gate table.
@@ -269,6 +271,27 @@ def read_checkpoint(path: str | Path) -> dict:
     return data
 
 
+def _check_state_fits(config: ModelConfig, state: dict, path: Path) -> None:
+    """Check the weights' names and shapes against the model the config describes, and its size
+    against the memory budget, before a parameter is allocated: the expected shapes come from the
+    model built on torch's "meta" device, which holds shapes and no data."""
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in RNNLanguageModel(config).state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: model config and weights do not fit together: missing "
+                              f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}")
+    for key, shape in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"{path}: model config and weights do not fit together: {key} is {found}, "
+                                  f"the config {config.hidden_sizes} needs {shape}")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{path}: weight {key} is {value.dtype}, not floating point")
+    check_load_budget(path, sum(math.prod(shape) * 4 for shape in expected.values()), "the model its config describes")
+
+
 def load_model(path: str | Path) -> tuple[RNNLanguageModel, dict]:
     """Load a model file, or the model of a run directory (`analysis.runs.resolve_model_path`).
     Returns (model in eval mode, info).
@@ -281,12 +304,19 @@ def load_model(path: str | Path) -> tuple[RNNLanguageModel, dict]:
     if "model_config" not in data or "model_state" not in data:
         raise CheckpointError(f"{path}: not a dynaprune model (no model_config / model_state); "
                               f"found keys {sorted(map(str, data))[:10]}")
+    if not isinstance(data["model_config"], dict) or not isinstance(data["model_state"], dict):
+        raise CheckpointError(f"{path}: not a dynaprune model (model_config / model_state are not dicts)")
     try:
         config = ModelConfig.from_dict(data["model_config"])
+        config.validate()
+        _check_state_fits(config, data["model_state"], path)
         model = RNNLanguageModel(config)
         model.load_state_dict(data["model_state"])
-    except (TypeError, RuntimeError, InvalidInputError) as error:
-        raise CheckpointError(f"{path}: model config and weights do not fit together: {error}") from error
+    except (TypeError, ValueError, RuntimeError, OverflowError, InvalidInputError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: model config and weights do not fit together: "
+                              f"{one_line(error, 300)}") from None
     model.eval()
     info = {k: v for k, v in data.items() if k not in ("model_state", "optimizer_state")}
     info["path"] = str(path)

@@ -18,7 +18,16 @@ import torch
 from analysis.errors import CheckpointError, InvalidInputError
 from analysis.lm.model import check_plain, read_checkpoint
 from analysis.lm.training_config import SETTINGS_OF_OLDER_RUNS
-from analysis.runs import LAST_CHECKPOINT_FILE, METRICS_FILE, RUN_FILE, TRAINING_RUN_FILES, TRAJECTORY_DIR, VOCAB_FILE
+from analysis.runs import (
+    LAST_CHECKPOINT_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    TRAINING_RUN_FILES,
+    TRAJECTORY_DIR,
+    VOCAB_FILE,
+    check_output_dir,
+    clear_run_outputs,
+)
 from analysis.utils.fileio import atomic_path, atomic_write_json, atomic_write_text, read_json_object
 
 CHECKPOINT_FORMAT = "dynaprune-train-checkpoint"
@@ -88,6 +97,7 @@ def open_run_dir(run_dir: Path, run_info: dict, vocab_json, overwrite: bool) -> 
     checkpoint_path = run_dir / LAST_CHECKPOINT_FILE
     if run_dir.exists() and not run_dir.is_dir():
         raise InvalidInputError(f"{run_dir} is a file; choose a directory for the run")
+    check_output_dir(run_dir, "training", overwrite)
     if not overwrite and (run_dir / RUN_FILE).is_file() and checkpoint_path.is_file():
         _check_resumable(run_dir, read_json_object(run_dir / RUN_FILE, "the run description",
                                                    "use another output directory or --overwrite"), run_info)
@@ -96,6 +106,8 @@ def open_run_dir(run_dir: Path, run_info: dict, vocab_json, overwrite: bool) -> 
             raise CheckpointError(f"{checkpoint_path} is not a training checkpoint; use another output directory")
     else:
         state = None
+        if overwrite:  # whatever run was there (of any kind); the user's own files stay
+            clear_run_outputs(run_dir)
         # only training's own files: the directory may hold other things of the user's
         for name in TRAINING_RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)

@@ -42,8 +42,10 @@ from analysis.pruning.distillation import distillation_loss
 from analysis.runs import BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE, TRAJECTORY_DIR
 from analysis.trajectories.recorder import TrajectoryRecorder
 from analysis.utils.allocator import reuse_freed_memory
+from analysis.utils.devices import checked_device
 from analysis.utils.fileio import append_json_line
 from analysis.utils.progress import ProgressCallback, ProgressUpdate
+from analysis.utils.runlock import run_lock
 from analysis.utils.stopping import StopFlag, sigterm_requests_stop
 
 
@@ -102,11 +104,13 @@ def train_language_model(out_dir: str | Path, *, corpus: Corpus, train_config: T
     the per-step (tokens x vocabulary) buffers then stop costing page faults.
     """
     reuse_freed_memory()
-    trainer = _Trainer(Path(out_dir), corpus, model_config, train_config.validate(), initial_model, teacher,
-                       torch.device(device), overwrite, log)
-    with sigterm_requests_stop() as stop:  # SIGTERM: stop after the current batch, checkpoint written
-        trainer.train(stop, extra_loss, on_epoch_start, progress)
-        return trainer.finish(evaluate_test)
+    train_config, device = train_config.validate(), checked_device(device)
+    with run_lock(out_dir):  # one writer per run directory; a second one fails at once
+        trainer = _Trainer(Path(out_dir), corpus, model_config, train_config, initial_model, teacher, device,
+                           overwrite, log)
+        with sigterm_requests_stop() as stop:  # SIGTERM: stop after the current batch, checkpoint written
+            trainer.train(stop, extra_loss, on_epoch_start, progress)
+            return trainer.finish(evaluate_test)
 
 
 class _Trainer:

@@ -12,7 +12,7 @@ import torch
 from analysis.errors import InvalidInputError
 from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT
 from analysis.lm.model import preset
-from analysis.utils.configs import PlainConfig
+from analysis.utils.configs import PlainConfig, check_seed
 from analysis.utils.options import option
 
 TARGET_SNAPSHOTS = 40
@@ -61,6 +61,7 @@ class TrainConfig(PlainConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidInputError(
                     f"training setting {name} must be at least 1 or None, got {getattr(self, name)}")
+        check_seed(self.seed)
         if self.record_every is not None and self.record_every < 0:
             raise InvalidInputError(f"record_every must be >= 0 (0 disables recording), got {self.record_every}")
         if self.optimizer not in OPTIMIZERS:

@@ -17,7 +17,7 @@ from analysis.dynamics.selection import units_to_prune
 from analysis.errors import InvalidInputError
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.pruning.importance import DEFAULT_CALIBRATION_BATCHES
-from analysis.utils.configs import PlainConfig
+from analysis.utils.configs import PlainConfig, check_seed
 from analysis.utils.options import option
 
 REGULARIZATIONS = ("da-l2", "l2", "none")
@@ -107,6 +107,7 @@ class PipelineConfig(PlainConfig):
         for name in ("stages", "epochs_per_stage", "calibration_batches", "lds_order"):
             if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_seed(self.seed)
         if self.snapshots_per_stage < 3:
             raise InvalidInputError(f"snapshots_per_stage must be at least 3 (an LDS fit needs 3), "
                                     f"got {self.snapshots_per_stage}")

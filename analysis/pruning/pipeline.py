@@ -18,14 +18,12 @@ stops it with PipelineInterrupted: at once outside training, after the current b
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from analysis.dynamics.selection import PruningPlan
@@ -47,9 +45,11 @@ from analysis.runs import (
     METRICS_FILE,
     PIPELINE_FILE,
     PLAN_FILE,
-    list_stages,
+    check_output_dir,
+    clear_run_outputs,
     stage_path,
 )
+from analysis.utils.devices import checked_device
 from analysis.utils.fileio import (
     append_json_line,
     atomic_write_json,
@@ -58,6 +58,7 @@ from analysis.utils.fileio import (
     read_json_object,
 )
 from analysis.utils.progress import ProgressCallback
+from analysis.utils.runlock import run_lock
 from analysis.utils.stopping import sigterm_requests_stop
 
 PIPELINE_FORMAT = "dynaprune-pipeline"
@@ -85,8 +86,10 @@ def run_pruning_pipeline(out_dir: str | Path, *, source: str | Path, config: Pip
     into the directory `out_dir`; see the module docstring. `data` overrides the corpus recorded
     with the source (`corpus`: one already loaded). Raises PipelineInterrupted after SIGTERM, once
     everything so far is saved."""
-    return _Pipeline(Path(source), Path(out_dir), config.validate(), data, corpus, overwrite, progress,
-                     torch.device(device), log).run()
+    config, device = config.validate(), checked_device(device)
+    with run_lock(out_dir):  # one writer per run directory; a second one fails at once
+        check_output_dir(out_dir, "pipeline", overwrite)  # before the source and corpus are loaded
+        return _Pipeline(Path(source), Path(out_dir), config, data, corpus, overwrite, progress, device, log).run()
 
 
 class _Pipeline:
@@ -107,8 +110,12 @@ class _Pipeline:
         config.check_layers(original.layer_names)
         self.kept = {name: config.kept_units(rnn.hidden_size, name)
                      for name, rnn in zip(original.layer_names, original.rnns)}
-        if original.config.tie_weights:  # the last layer must keep the embedding size
-            self.kept[original.layer_names[-1]] = [original.rnns[-1].hidden_size] * config.stages
+        last = original.layer_names[-1]
+        if original.config.tie_weights and self.kept[last][-1] != original.rnns[-1].hidden_size:
+            # the last layer's width is the embedding's, which the tied decoder shares: it cannot shrink
+            self.kept[last] = [original.rnns[-1].hidden_size] * config.stages
+            self._say(f"note: {last} feeds a decoder tied to the embedding, so it keeps all "
+                      f"{original.rnns[-1].hidden_size} units; only the other layers are pruned")
         self.description = {
             "format": PIPELINE_FORMAT, "format_version": 1, "config": config.to_dict(),
             "source": str(self.source.path.resolve()), "source_model": str(self.source.model_path.resolve()),
@@ -136,14 +143,9 @@ class _Pipeline:
                                       f"({', '.join(differences)}); "
                                       f"choose another output directory, or pass --overwrite to start it again")
             return
-        stage_dirs = list_stages(self.out)
-        if stage_dirs and not stored_path.is_file():
-            raise InvalidInputError(f"{self.out} holds {stage_dirs[0].name}/ but no {PIPELINE_FILE}; it is not a "
-                                    f"pruning run's directory. Choose another output directory")
-        for stage_dir in stage_dirs:  # an earlier run of this pipeline, started again (overwrite)
-            shutil.rmtree(stage_dir)
-        for name in (METRICS_FILE, FINAL_MODEL_FILE):
-            (self.out / name).unlink(missing_ok=True)
+        check_output_dir(self.out, "pipeline", overwrite)
+        # an earlier run, started again (overwrite), or a run stopped before its description was written
+        clear_run_outputs(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / METRICS_FILE, "")
         atomic_write_json(stored_path, self.description)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as _load_safetensors_file
 
 from analysis.errors import CheckpointError, UnsafeCheckpointError
+from analysis.utils.limits import check_load_budget, human_bytes, one_line
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -26,6 +28,8 @@ CHECKPOINT_SUFFIXES = (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
 # Keys under which training scripts commonly nest the model's state dict.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict")
 _ZIP_MAGIC = b"PK\x03\x04"
+# How deep read_torch_file looks into nested containers for tensors to check.
+_MAX_NESTING = 32
 _SAVE_ADVICE = (
     "Save a plain state dict instead (torch.save(model.state_dict(), path)) "
     "or a safetensors file (safetensors.torch.save_file(model.state_dict(), path))."
@@ -75,20 +79,30 @@ def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...
     p = Path(path)
     try:
         with safe_open(str(p), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+            shapes, dtypes = {}, {}
+            for key in handle.keys():
+                tensor_slice = handle.get_slice(key)
+                shapes[key], dtypes[key] = tuple(tensor_slice.get_shape()), str(tensor_slice.get_dtype())
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError) as error:
         raise CheckpointError(
-            f"{p}: not a readable safetensors file (truncated or corrupt?): {error}"
-        ) from error
+            f"{p}: not a readable safetensors file (truncated or corrupt?): {one_line(error, 200)}"
+        ) from None
+    for key, dtype in dtypes.items():
+        if dtype.upper().startswith("C"):
+            raise CheckpointError(f"{p}: tensor {key!r} is complex-valued ({dtype}); dynaprune reads "
+                                  "real-valued weights only. Save the real weights instead.")
+    return shapes
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    read_safetensors_shapes(path)  # the header's byte ranges checked against the file, complex refused
+    check_load_budget(path, path.stat().st_size, "the file")
     try:
         return dict(_load_safetensors_file(str(path), device="cpu"))
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError) as error:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
-        ) from error
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {one_line(error, 200)}"
+        ) from None
 
 
 def read_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> object:
@@ -100,30 +114,127 @@ def read_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> object:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file.")
+        raise CheckpointError(f"{path}: no such checkpoint file." if not path.is_dir() else
+                              f"{path} is a directory, not a checkpoint file.")
     with open(path, "rb") as handle:
         head = handle.read(4)
     is_zip = head == _ZIP_MAGIC
     is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     if not (is_zip or is_pickle):
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint (neither a torch.save zip file nor a pickle). "
-            "Check that the file is a saved state dict and was copied completely."
+            f"{path}: not a PyTorch checkpoint ({describe_file(path)}, neither a torch.save zip file nor a "
+            "pickle). Check that the file is a saved state dict and was copied completely."
         )
+    if is_zip:
+        _check_zip_records(path, mapped=mmap)
+    else:  # the whole file is read
+        check_load_budget(path, path.stat().st_size, "the file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as error:
         # The restricted unpickler stopped before executing anything it does not allow.
+        refused = _refused_global(str(error))
+        if refused.startswith("torch.nn.modules."):
+            raise UnsafeCheckpointError(
+                f"{path}: refused: it holds a whole pickled model ({refused}), which only unpickling code "
+                "could rebuild; nothing in it was run. Save `model.state_dict()` instead "
+                "(torch.save(model.state_dict(), path)) or a safetensors file."
+            ) from None
         raise UnsafeCheckpointError(
             f"{path}: refused. Loading it would require running code or building objects other "
-            f"than tensors (or it is corrupt); nothing in it was run. {_SAVE_ADVICE} "
-            f"Detail: {_first_line_mentioning(str(error), 'Unsupported') or error.__class__.__name__}"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            f"than tensors (or it is corrupt); nothing in it was run. {_SAVE_ADVICE}"
+            + (f" It refers to {refused}." if refused else "")
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile, MemoryError, OverflowError) as error:
         raise CheckpointError(
             f"{path}: truncated or corrupt PyTorch checkpoint ({error.__class__.__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'})."
-        ) from error
+            f"{one_line(str(error).splitlines()[0] if str(error).strip() else 'no detail', 200)})."
+        ) from None
+    check_tensors(loaded, path)
+    return loaded
+
+
+def describe_file(path: Path) -> str:
+    """What a file that is not a checkpoint looks like, for a message: empty, text, or binary."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if size == 0:
+        return "an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = one_line(text.splitlines()[0] if text.strip() else "", 40)
+        return f"a text file of {human_bytes(size)} starting {first!r}"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
+        return f"a {human_bytes(size)} file that looks like safetensors (name it *.safetensors)"
+    return f"a binary file of {human_bytes(size)}"
+
+
+def check_tensors(loaded: object, path: Path) -> None:
+    """Refuse, before anything is copied, tensors that could not be weights or that declare more
+    memory than their bytes: complex, non-strided (sparse, quantised) or on another device,
+    views with a zero stride (expanded), views whose elements exceed their storage (overlapping),
+    and a total beyond the load budget (analysis.utils.limits)."""
+    total = 0
+    for name, tensor in _tensors(loaded, "", 0, path):
+        where = f"{path}: tensor {name or '(top level)'!r}"
+        if tensor.is_complex():
+            raise CheckpointError(f"{where} is complex-valued ({str(tensor.dtype).removeprefix('torch.')}); "
+                                  "dynaprune reads real-valued weights only. Save the real weights instead.")
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            raise CheckpointError(f"{where} is not a plain dense tensor ({tensor.layout}); save dense weights.")
+        if tensor.numel() == 0:
+            continue
+        nbytes = tensor.numel() * tensor.element_size()
+        if any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride())):
+            raise CheckpointError(f"{where} of shape {tuple(tensor.shape)} is an expanded view (a zero stride) "
+                                  f"declaring {human_bytes(nbytes)}; refused. Save contiguous tensors "
+                                  "(tensor.contiguous()).")
+        storage_bytes = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+        if nbytes > storage_bytes:
+            raise CheckpointError(f"{where} of shape {tuple(tensor.shape)} declares {human_bytes(nbytes)} but its "
+                                  f"storage holds {human_bytes(max(storage_bytes, 0))} (overlapping view); refused.")
+        total += nbytes
+    check_load_budget(path, total, "its tensors")
+
+
+def _tensors(value: object, name: str, depth: int, path: Path):
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, Mapping) or isinstance(value, (list, tuple)):
+        if depth >= _MAX_NESTING:
+            raise CheckpointError(f"{path}: containers nested more than {_MAX_NESTING} deep; not a checkpoint.")
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            yield from _tensors(item, f"{name}.{key}" if name else str(key), depth + 1, path)
+
+
+def _check_zip_records(path: Path, *, mapped: bool) -> None:
+    """A torch.save zip stores its records uncompressed; declared sizes are what loading allocates."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint (not a readable zip: "
+                              f"{one_line(error, 200)}).") from None
+    if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
+        raise CheckpointError(f"{path}: a zip with compressed members, not a torch.save checkpoint "
+                              "(torch.save never compresses); refused.")
+    if not mapped:
+        check_load_budget(path, sum(info.file_size for info in infos), "its records")
+
+
+def _refused_global(message: str) -> str:
+    """The global torch's restricted unpickler refused (e.g. "torch.nn.modules.rnn.LSTM"), or ""."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", one_line(message, 100_000))
+    return match.group(1) if match else ""
 
 
 def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -145,7 +256,3 @@ def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
         for key, value in state.items()
         if isinstance(value, torch.Tensor)
     }
-
-
-def _first_line_mentioning(text: str, word: str) -> str:
-    return next((line.strip() for line in text.splitlines() if word in line), "")

@@ -66,7 +66,7 @@ class _MappedSafetensors:
                                       f"{size}-byte file)")
             try:
                 header = json.loads(handle.read(header_bytes))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            except (ValueError, RecursionError) as error:
                 raise CheckpointError(f"{path}: corrupt safetensors header ({error})") from error
             if not isinstance(header, dict):
                 raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")

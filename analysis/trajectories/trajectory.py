@@ -41,6 +41,7 @@ MANIFEST_NAME = MANIFEST_FILE  # named in analysis.runs, which the dashboard and
 SNAPSHOT_DIR = "snapshots"
 FORMAT_VERSION = 1
 MIN_SNAPSHOTS = 3
+MAX_STEP = 2**63 - 1  # steps are kept as int64
 
 
 class Trajectory:
@@ -208,7 +209,7 @@ def _load_recorded(root: Path) -> Trajectory:
     manifest_path = root / MANIFEST_NAME
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable trajectory manifest ({error}).") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), list):
         raise CheckpointError(f"{manifest_path}: not a trajectory manifest (no 'entries' list).")
@@ -222,7 +223,8 @@ def _load_recorded(root: Path) -> Trajectory:
     snapshots = []
     for number, entry in enumerate(manifest["entries"]):
         if not isinstance(entry, dict) or not _is_step(entry.get("step")) or not isinstance(entry.get("file"), str):
-            raise CheckpointError(f"{manifest_path}: entry {number} lacks an integer 'step' or a 'file'.")
+            raise CheckpointError(f"{manifest_path}: entry {number} lacks an integer 'step' (0 to 2^63 - 1) "
+                                  f"or a 'file'.")
         file = root / entry["file"]
         # A manifest may come from an uploaded archive: it must not point outside its directory.
         if Path(entry["file"]).is_absolute() or not file.resolve().is_relative_to(resolved_root):
@@ -261,7 +263,13 @@ def _load_checkpoint_directory(root: Path) -> Trajectory:
                 f"{file}: file name has no step number; name checkpoints like ckpt_1200.pt so they "
                 "can be ordered by training step."
             )
-        snapshots.append(Snapshot(step=int(numbers[-1]), epoch=None, metrics={}, file=file))
+        digits = numbers[-1].lstrip("0") or "0"
+        if len(digits) > len(str(MAX_STEP)) or int(digits) > MAX_STEP:
+            raise CheckpointError(
+                f"{file}: step number {digits[:30]}{'...' if len(digits) > 30 else ''} in the file name is "
+                f"larger than 2^63 - 1; rename the file with its real training step."
+            )
+        snapshots.append(Snapshot(step=int(digits), epoch=None, metrics={}, file=file))
     snapshots.sort(key=lambda s: s.step)
     _check_steps_increase(snapshots, root)
     return _validated_trajectory(root, snapshots)
@@ -334,4 +342,4 @@ def _check_same_layers(layers, file, reference, reference_file) -> None:
 
 
 def _is_step(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STEP

@@ -36,3 +36,13 @@ class PlainConfig:
     def _coerced(cls, values: dict[str, Any]) -> dict[str, Any]:
         """Hook for normalising values read back from JSON."""
         return values
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2^64 - 1, numpy's generators up to 2^63 - 1 here
+
+
+def check_seed(seed: Any) -> int:
+    """A random seed: a whole number in [0, 2^63); InvalidInputError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"seed must be a whole number from 0 to 2^63 - 1, got {seed!r}")
+    return seed

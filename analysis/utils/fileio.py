@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             records.append(value)
@@ -81,11 +82,20 @@ def read_json_object(path: str | os.PathLike, what: str, remedy: str) -> dict:
     description") and the `remedy` if it cannot be read, is not JSON or holds something else."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{path}: cannot read {what} ({error}); {remedy}") from error
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected {what} as a JSON object; {remedy}")
     return value
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a link (never what it points to) or a folder with everything in it; nothing if absent."""
+    target = Path(path)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
 
 
 def safe_file_name(name: str, default: str) -> str:

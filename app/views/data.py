@@ -32,8 +32,8 @@ if origin == "Embedded sample":
 elif origin == "A run in the runs folder":
     st.caption(f"Runs folder: `{common.runs_dir()}` (set DYNAPRUNE_RUNS_DIR to change it)")
     if not runs:
-        st.info("No runs with a trajectory yet. Train one with `dynaprune train --out runs/<name>`, "
-                "or fine-tune a pruned model on the Fine-tune page.")
+        st.info("No runs with a trajectory yet. Train one with `dynaprune train --out runs/<name>`, put a folder of "
+                "checkpoints named by step there, or fine-tune a pruned model on the Fine-tune page.")
     else:
         chosen = st.selectbox("Run", runs, format_func=common.display_name, key="data_run")
         if st.button("Use this run", type="primary", key="use_run"):

@@ -18,6 +18,7 @@ from analysis.errors import DynapruneError
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.pruning.config import REGULARIZATIONS, uniform_or_per_layer
 from analysis.run_curves import pipeline_curve, reference_lines
+from analysis.runs import NO_MODEL_HINT
 from app import common
 
 POLL_SECONDS = 2.0
@@ -34,7 +35,8 @@ model, model_note = common.model_or_none(source) if source else (None, "no traje
 # ------------------------------------------------------------------ the form
 st.subheader("New fine-tuning job")
 if model is None:
-    st.info(f"The current trajectory cannot be fine-tuned: {model_note}. Choose a sample or a run on the Data page.")
+    st.info(model_note if model_note == NO_MODEL_HINT else
+            f"The current trajectory cannot be fine-tuned: {model_note}. Choose a sample or a run on the Data page.")
 else:
     trajectory = common.trajectory(str(source), common.signature(source))
     previewed = common.previewed_pipeline(trajectory, model.layer_names)

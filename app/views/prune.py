@@ -14,6 +14,7 @@ from analysis.pruning.preview import (
     zero_shot_curve,
     zero_shot_perplexity,
 )
+from analysis.runs import NO_MODEL_HINT
 from app import common
 
 st.title("Prune")
@@ -74,7 +75,7 @@ st.session_state["prune_plan"] = plan.to_dict()
 model, info = common.model_or_none(source)
 st.subheader("Size and zero-shot perplexity")
 if model is None:
-    st.info(f"No model next to this trajectory, so no sizes or perplexity: {info}")
+    st.info(info if info == NO_MODEL_HINT else f"No model next to this trajectory, so no sizes or perplexity: {info}")
 else:
     footprint = plan_footprint(model.config, plan)
     left, right = st.columns([3, 2])
