@@ -34,6 +34,9 @@ _PUBLIC = {
     "ProgressUpdate": "analysis.utils.progress",
     "TerminalProgress": "analysis.utils.progress",
     "prune_units": "analysis.pruning.surgery",
+    "prune_model": "analysis.pruning.generic_surgery",
+    "RNNPruner": "analysis.pruning.pruner",
+    "import_language_model": "analysis.lm.importing",
     "Trajectory": "analysis.trajectories.trajectory",
     "load_trajectory": "analysis.trajectories.trajectory",
 }

@@ -52,7 +52,7 @@ else:
             try:
                 extracted = common.import_archive(upload.name, upload.getvalue(), common.uploads_dir(),
                                                   MAX_UNPACKED_BYTES)
-            except DynapruneError as error:
+            except (DynapruneError, OSError) as error:  # OSError: the uploads folder is unwritable or full
                 st.error(f"Cannot use {upload.name}: {error}")
             else:
                 common.set_source(extracted)
