@@ -190,5 +190,7 @@ def test_fine_tune_in_the_background_then_compare(server, page):
     plot.wait_for()
     legend = plot.inner_text()
     assert "browser-run" in legend and "zero-shot" in legend
-    assert page.get_by_role("button", name=re.compile("Download final.pt")).count() == 1
+    download = page.get_by_role("button", name=re.compile("Download final.pt"))
+    download.wait_for(timeout=PAGE_S * 1000)  # below the table, drawn after it
+    assert download.count() == 1
     screenshot(page, "compare")
