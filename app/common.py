@@ -18,6 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.corpus_availability import corpus_problem
 from analysis.dynamics.distances import dynamics_distances
 from analysis.dynamics.lds import DEFAULT_ORDER, fit_layer
 from analysis.dynamics.selection import final_norm_importance, select_units
@@ -25,13 +26,15 @@ from analysis.errors import DynapruneError
 from analysis.exploration import heatmap_order, mds_embedding
 from analysis.lm.model import load_model
 from analysis.pruning.config import PipelineConfig, uniform_or_per_layer
-from analysis.pruning.preview import limit_threads, load_validation_tokens
+from analysis.pruning.preview import SPREAD_WINDOWS, limit_threads, load_validation_tokens
+from analysis.run_curves import recorded_validation_perplexity
 from analysis.runs import (
     BEST_MODEL_FILE,
     MANIFEST_FILE,
     TRAJECTORY_DIR,
     find_trajectories,
     has_trajectory,
+    read_run_metrics,
     resolve_model_path,
 )
 from analysis.trajectories.archives import extract_checkpoint_archive
@@ -222,7 +225,23 @@ def model_or_none(path: Path | str):
 @st.cache_resource(max_entries=4, show_spinner="Loading the validation split...")
 def validation_tokens(path: str, sig: float):
     _, info = model(path, sig)
-    return load_validation_tokens(info.get("data_source"), info.get("vocab"))
+    return load_validation_tokens(info.get("data_source"), info.get("vocab"), windows=SPREAD_WINDOWS)
+
+
+def recorded_perplexity(path: Path | str, info: dict) -> float | None:
+    """The model's validation perplexity on the whole split as its run recorded it (its metrics,
+    else its checkpoint); None when neither records one."""
+    recorded = recorded_validation_perplexity(read_run_metrics(path)) if Path(path).is_dir() else None
+    if recorded is None and isinstance(info.get("val_ppl"), (int, float)) and math.isfinite(info["val_ppl"]):
+        recorded = float(info["val_ppl"])
+    return recorded
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def corpus_problem_of(data_source: str | None) -> str | None:
+    """Why the corpus a model was trained on cannot be read here, with how to get it; None when it can.
+    Checked again every 30 s, so a download or a new $DYNAPRUNE_PTB_DIR is noticed."""
+    return corpus_problem(data_source)
 
 
 def validation_for(path: Path | str):

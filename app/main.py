@@ -18,7 +18,7 @@ import streamlit as st  # noqa: E402
 from analysis.errors import DynapruneError  # noqa: E402
 from app.common import clean_old_uploads, configure_threads, current_source, display_name  # noqa: E402
 
-st.set_page_config(page_title="dynaprune", page_icon=":material/stacked_line_chart:", layout="wide")
+st.set_page_config(page_title="dynaprune", page_icon="✂️", layout="wide")
 
 PAGES = {
     "Explore": [
@@ -39,10 +39,12 @@ PAGES = {
 configure_threads()
 clean_old_uploads()
 page = st.navigation(PAGES)
-source = current_source()
-st.sidebar.caption(f"Trajectory: {display_name(source)}" if source else "No trajectory chosen")
+sidebar_note = st.sidebar.empty()  # filled after the page ran, so it names a trajectory chosen in this very run
 try:
     page.run()
 except DynapruneError as error:
     # Bad input found deep in the library (a corrupt snapshot, a diverged run): say what and where.
     st.error(f"Cannot continue: {error}")
+finally:
+    source = current_source()
+    sidebar_note.caption(f"Trajectory: {display_name(source)}" if source else "No trajectory chosen")

@@ -87,7 +87,7 @@ CHARTS = {
     "views/dynamics.py": ["dyn_quality", "dyn_eigenvalues", "dyn_heatmap", "dyn_embedding", "dyn_unit_paths"],
     "views/prune.py": ["prune_embedding", "prune_heatmap"],
     "views/finetune.py": [],
-    "views/compare.py": ["compare_curves"],
+    "views/compare.py": ["compare_curves", "compare_tradeoff"],
     "views/learn.py": ["learn_norms", "learn_paths", "learn_eigenvalues", "learn_distances", "learn_embedding",
                        "learn_sizes", "learn_importance", "learn_schedule"],
 }
@@ -174,8 +174,45 @@ def test_submitting_the_fine_tune_form_creates_a_job(env, samples):
         assert config.epochs_per_stage == 1 and config.dry_run and config.regularization == "l2"
         assert config.lr_schedule == "step" and config.teacher_precision == "bfloat16" and config.stages == 3
         assert job.args[job.args.index("--from") + 1] == str(samples / "synthetic")
-        assert any(job.id in message.value for message in app.success)
-        assert job.id in set(app.dataframe[0].value["job"])
+        assert any(message.value == "Job from-the-test is queued." or message.value == "Job from-the-test is running."
+                   for message in app.info)
+        assert "from-the-test" in set(app.dataframe[0].value["job"])  # jobs go by their folder's name
+        assert app.selectbox(key="ft_job_select").value == job.id
+    finally:
+        stop_jobs()
+
+
+@pytest.mark.slow  # starts background jobs
+def test_the_jobs_panel_follows_the_job_just_started(env):
+    app = open_page("views/finetune.py")
+    started = []
+    try:
+        for name in ("first-run", "second-run"):
+            app.text_input(key="ft_name").set_value(name)
+            app.checkbox(key="ft_dry_run").check()
+            next(b for b in app.button if "Start" in b.label).click().run()
+            assert not app.exception and not app.error, [e.value for e in app.error]
+            (job,) = [j for j in jobs.list_jobs() if j.out_dir and j.out_dir.endswith(name)]
+            started.append(job)
+            assert app.selectbox(key="ft_job_select").value == job.id  # the panel shows the new job at once
+            assert app.selectbox(key="ft_job_select").format_func(job.id) == name  # by its name, not its id
+            assert any(f"Job {name} is" in message.value for message in app.info)
+            assert any(name in expander.label for expander in app.expander)  # the log is the new job's
+        first, second = started
+        assert app.get_by_key(f"cancel_{second.id}") is not None
+        with pytest.raises(KeyError):
+            app.get_by_key(f"cancel_{first.id}")
+        # Cancel asks first; nothing is cancelled until it is confirmed
+        app.button(key=f"cancel_{second.id}").click().run()
+        assert not jobs.get_job(second.id).cancel_requested and not jobs.get_job(second.id).finished
+        assert any("Cancel second-run?" in message.value for message in app.warning)
+        app.button(key=f"cancel_no_{second.id}").click().run()
+        assert not jobs.get_job(second.id).finished
+        app.button(key=f"cancel_{second.id}").click().run()
+        app.button(key=f"cancel_yes_{second.id}").click().run()
+        assert jobs.wait(second.id, timeout_s=60).state == jobs.CANCELLED
+        app.run()
+        assert not any("Job second-run is" in message.value for message in app.info)  # the banner is gone
     finally:
         stop_jobs()
 
@@ -220,14 +257,17 @@ def test_jobs_of_earlier_sessions_appear_with_their_true_state(env):
     app = open_page("views/finetune.py")
     app.toggle(key="ft_show_all").set_value(True).run()
     listed = app.dataframe[0].value
-    row = listed[listed["job"] == earlier.id].iloc[0]
-    assert row["state"] == "succeeded" and row["label"] == "an earlier session's job"
+    row = listed[listed["job"] == "an earlier session's job"].iloc[0]  # a job without an output folder: its label
+    assert row["state"] == "succeeded" and row["details"] == "an earlier session's job"
 
 
-def write_pipeline(folder: Path) -> None:
+def write_pipeline(folder: Path, data_source: str = "synthetic:0", dry_run: bool = False) -> None:
     """A finished pipeline's output, as `dynaprune prune` writes it."""
     folder.mkdir(parents=True)
-    (folder / "pipeline.json").write_text(json.dumps({"ratio": 0.5, "stages": 2}))
+    (folder / "pipeline.json").write_text(json.dumps({
+        "config": {"ratio": 0.5, "stages": 2, "criterion": "dynamics-greedy", "epochs_per_stage": 1,
+                   "dry_run": dry_run},
+        "data_source": data_source}))
     events = [
         {"event": "baseline", "val_ppl": 60.0, "params_recurrent": 900, "params_total": 2000, "oracle_ppl": 40.0},
         {"event": "stage_start", "stage": 1, "ratio": 0.3, "hidden_sizes": [8, 8], "zero_shot_val_ppl": 80.0,
@@ -259,8 +299,71 @@ def test_compare_page_shows_stages_baseline_oracle_and_downloads(env):
     assert "baseline 60.00" in annotations and "oracle 40.00" in annotations
     table = app.dataframe[0].value
     assert list(table["stage"]) == ["baseline", "1", "2", "final"]
+    assert "zero-shot valid ppl" in table.columns and "None" not in table.to_string()
+    assert list(table["parameters"]) == ["2,000", "1,500", "1,200", "1,200"]
     downloads = [element for element in app.get("download_button")]
     assert len(downloads) == 2  # the table as CSV, and final.pt
+    tradeoff = chart(app, "compare_tradeoff")
+    assert {trace.get("name") for trace in tradeoff["data"]} >= {"frontier"}
+
+
+def test_compare_separates_corpora_and_never_preselects_a_dry_run(env):
+    write_pipeline(env / "runs" / "a-dry", dry_run=True)
+    write_pipeline(env / "runs" / "b-real")
+    write_pipeline(env / "runs" / "c-ptb", data_source="ptb:/data/ptb")
+    app = open_page("views/compare.py")
+    corpus = app.selectbox(key="compare_corpus")
+    assert set(corpus.options) >= {"synthetic:0", "Penn Treebank"} and corpus.value == "synthetic:0"
+    runs = app.multiselect(key="compare_runs_synthetic:0")
+    assert [str(v) for v in runs.value] == [str(env / "runs" / "b-real")]
+    assert "runs: a-dry (dry run)" in runs.options and not any("c-ptb" in o for o in runs.options)
+    names = " ".join(trace.get("name", "") for trace in chart(app, "compare_curves")["data"])
+    assert "b-real" in names and "c-ptb" not in names
+    corpus.set_value("ptb").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [str(v) for v in app.multiselect(key="compare_runs_ptb").value] == [str(env / "runs" / "c-ptb")]
+    names = " ".join(trace.get("name", "") for trace in chart(app, "compare_curves")["data"])
+    assert "c-ptb" in names and "b-real" not in names
+
+
+def test_prune_and_compare_show_the_same_unpruned_full_split_perplexity(env, synthetic_sample):
+    events = [json.loads(line) for line in (synthetic_sample / "metrics.jsonl").read_text().splitlines()]
+    recorded = f"{min(e['val_ppl'] for e in events if e.get('event') == 'epoch'):.2f}"
+    app = open_page("views/prune.py")
+    assert metric(app, "Unpruned validation perplexity (full split)") == recorded
+    captions = " ".join(caption.value for caption in app.caption)
+    assert "spread over the whole split" in captions and "same tokens" in captions
+    assert "oracle: inf" not in captions and "oracle: nan" not in captions
+    app.switch_page("views/compare.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    app.multiselect(key="compare_runs_synthetic:0").set_value([str(synthetic_sample)]).run()
+    table = app.dataframe[0].value
+    assert table.loc[table["run"] == "sample: synthetic", "valid ppl"].tolist() == [recorded]
+
+
+def test_ptb_without_ptb_is_told_at_selection_and_not_started(samples, jobs_home, tmp_path, monkeypatch):
+    if not (samples / "ptb-small" / "best.pt").is_file():
+        pytest.skip("the embedded ptb-small sample is not here")
+    from app.common import corpus_problem_of
+
+    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
+    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("DYNAPRUNE_PTB_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # no downloaded copy either
+    corpus_problem_of.clear()
+    app = open_page("views/data.py")
+    app.selectbox(key="data_sample").select(samples / "ptb-small").run()
+    app.button(key="use_sample").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("dynaprune download-ptb" in warning.value for warning in app.warning)
+    assert "ptb-small" in app.sidebar.caption[0].value  # the sidebar names the trajectory just chosen
+    app.switch_page("views/finetune.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    start = next(b for b in app.button if "Start" in b.label)
+    assert start.disabled
+    assert any("dynaprune download-ptb" in warning.value and "DYNAPRUNE_PTB_DIR" in warning.value
+               for warning in app.warning)
+    corpus_problem_of.clear()
 
 
 def test_an_uploaded_archive_is_checked_and_unpacked_in_its_folder(env, samples, tmp_path):

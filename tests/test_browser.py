@@ -63,7 +63,7 @@ def server(samples, tmp_path_factory):
     log = open(work / "streamlit.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--client.toolbarMode", "minimal"],
+         "--server.address", "127.0.0.1", "--server.port", str(port)],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_S

@@ -2,14 +2,15 @@
 and after, the perplexity of the pruned model straight after surgery (zero-shot), and a curve of
 that perplexity against the pruning ratio for each selection criterion.
 
-Zero-shot perplexity is measured on the first `max_tokens` tokens of the validation split
-(default DEFAULT_MAX_EVAL_TOKENS = 10,000: half the synthetic validation split, an eighth of
-PTB's), so that moving a slider answers within a couple of seconds even for a PTB-sized model on
-one busy core (docs/benchmarks.md has the timings). It follows METHOD section 9
-otherwise (batch 10, bptt 35, hidden state carried across windows); pass max_tokens=None for the
-whole split.
+Zero-shot perplexity is measured on `max_tokens` tokens of the validation split (default
+DEFAULT_MAX_EVAL_TOKENS = 10,000: half the synthetic validation split, an eighth of PTB's), so
+that moving a slider answers within a couple of seconds even for a PTB-sized model on one busy
+core (docs/benchmarks.md has the timings): the first ones, or with `windows=k` k stretches spread
+evenly over the whole split (spread_windows), which estimate the whole split's perplexity far
+better than its beginning does. It follows METHOD section 9 otherwise (batch 10, bptt 35, hidden
+state carried across windows); pass max_tokens=None for the whole split.
 
-    data = load_validation_tokens(info["data_source"], info.get("vocab"))
+    data = load_validation_tokens(info["data_source"], info.get("vocab"), windows=SPREAD_WINDOWS)
     importance = final_norm_importance(trajectory)
     plan = select_units(distances, ratio=0.5, criterion="dynamics", importance=importance)
     footprint = plan_footprint(model.config, plan)
@@ -18,6 +19,7 @@ whole split.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from analysis.pruning.surgery import kept_units, prune_units
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000
 DEFAULT_CURVE_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
+# One stretch per column that evaluate() cuts the stream into, so that no column straddles two stretches.
+SPREAD_WINDOWS = EVAL_BATCH_SIZE
 _BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -120,22 +124,56 @@ def plan_footprint(config: ModelConfig, plan, dtype: str = "float32") -> PlanFoo
 
 @dataclass(frozen=True)
 class ValidationTokens:
-    """A capped prefix of a corpus's validation split, ready for `evaluate`."""
+    """A capped part of a corpus's validation split, ready for `evaluate`: its prefix (windows 1),
+    or `windows` equal stretches spread over the split, one after the other."""
 
     tokens: torch.Tensor
     source: str
     total_tokens: int
-    oracle_perplexity: float | None  # of this prefix under the true language (synthetic corpora only)
+    oracle_perplexity: float | None  # of these tokens under the true language (synthetic corpora only)
+    windows: int = 1
 
     @property
     def capped(self) -> bool:
         return self.tokens.numel() < self.total_tokens
 
 
+def window_starts(total: int, length: int, windows: int) -> list[int]:
+    """Where `windows` stretches of `length` tokens start when spread evenly over `total` tokens:
+    the first at 0, the last ending at the end, equal gaps between them."""
+    if windows == 1:
+        return [0]
+    return [round(i * (total - length) / (windows - 1)) for i in range(windows)]
+
+
+def spread_windows(tokens: torch.Tensor, max_tokens: int, windows: int = SPREAD_WINDOWS) -> torch.Tensor:
+    """At most `max_tokens` of a 1-D token stream as `windows` contiguous stretches of equal length,
+    spread evenly from its beginning to its end and joined in order; the whole stream when it is no
+    longer than `max_tokens`.
+
+    With windows = the evaluation batch size (SPREAD_WINDOWS), evaluate() reads each stretch as one
+    column of its batch, so no prediction crosses from one stretch into the next::
+
+        tokens  |AAAA......BBBB......CCCC......DDDD|   4 windows of 4 over 34 tokens
+        result  |AAAABBBBCCCCDDDD|                     evaluate(batch_size=4): columns A, B, C, D
+    """
+    if isinstance(windows, bool) or int(windows) != windows or windows < 1:
+        raise InvalidInputError(f"windows must be a positive integer; got {windows!r}")
+    if isinstance(max_tokens, bool) or int(max_tokens) < 2 * windows:
+        raise InvalidInputError(f"max_tokens must be at least 2 per window ({2 * windows}); got {max_tokens!r}")
+    total = int(tokens.numel())
+    if total <= max_tokens:
+        return tokens
+    length = int(max_tokens) // int(windows)
+    return torch.cat([tokens[start:start + length] for start in window_starts(total, length, int(windows))])
+
+
 def load_validation_tokens(data_source: str | None, vocab_json=None,
-                           max_tokens: int | None = DEFAULT_MAX_EVAL_TOKENS) -> ValidationTokens:
+                           max_tokens: int | None = DEFAULT_MAX_EVAL_TOKENS,
+                           windows: int | None = None) -> ValidationTokens:
     """The validation tokens of the corpus a model was trained on (`data_source` as recorded in its
-    checkpoint, e.g. "synthetic:0" or "ptb:<dir>"), capped to the first `max_tokens`.
+    checkpoint, e.g. "synthetic:0" or "ptb:<dir>"), capped to the first `max_tokens`, or with
+    `windows` to that many stretches spread over the whole split (spread_windows).
 
     A "ptb:<dir>" that no longer exists falls back on $DYNAPRUNE_PTB_DIR. Raises InvalidInputError
     when the source is unknown or missing, or when its vocabulary differs from `vocab_json` (the
@@ -158,13 +196,25 @@ def load_validation_tokens(data_source: str | None, vocab_json=None,
         raise InvalidInputError(f"cannot load the validation split of {data_source!r}: {error}") from error
     corpus.check_vocabulary("the model", None, vocab_json, remedy="the model was trained on another corpus")
     valid = corpus.valid
-    tokens = valid if max_tokens is None else valid[: int(max_tokens)]
+    total = int(valid.numel())
+    if max_tokens is None or total <= int(max_tokens):
+        tokens, spans = valid, [(0, total)]
+    elif windows is None:
+        tokens, spans = valid[: int(max_tokens)], [(0, int(max_tokens))]
+    else:
+        tokens = spread_windows(valid, int(max_tokens), windows)
+        length = int(max_tokens) // int(windows)
+        spans = [(start, start + length) for start in window_starts(total, length, int(windows))]
     oracle = None
     if corpus.language is not None:
-        oracle = corpus.oracle_perplexity("valid") if tokens.numel() == valid.numel() \
-            else corpus.language.perplexity(tokens.numpy())
+        if tokens.numel() == total:
+            oracle = corpus.oracle_perplexity("valid")
+        else:  # each token given all before it in the split; a stretch's first token is not predicted
+            log_probs = corpus.language.token_log_probs(valid.numpy())
+            scored = np.concatenate([log_probs[start + 1:end] for start, end in spans])
+            oracle = float(math.exp(-scored.mean()))
     return ValidationTokens(tokens=tokens, source=corpus.source, total_tokens=int(valid.numel()),
-                            oracle_perplexity=oracle)
+                            oracle_perplexity=oracle, windows=len(spans))
 
 
 def model_perplexity(model: RNNLanguageModel, tokens: torch.Tensor) -> float:

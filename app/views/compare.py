@@ -1,14 +1,25 @@
 """Compare page: validation perplexity across the stages of pruning pipelines and across training
-runs, with the zero-shot drop at each cut, the unpruned baseline and (for the synthetic language)
-the oracle; a results table to download, and the pruned models themselves."""
+runs on one corpus at a time, with the zero-shot drop at each cut, the unpruned baseline and (for
+the synthetic language) the oracle; a results table to download with each run's settings, the
+trade-off between size and perplexity, and the pruned models themselves."""
 from pathlib import Path
 
-import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.run_curves import pipeline_curve, pipeline_table, reference_lines, training_curve
+from analysis.run_curves import (
+    TRADEOFF_GROUPS,
+    lower_envelope,
+    pipeline_curve,
+    read_run_description,
+    reference_lines,
+    results_csv,
+    results_for_display,
+    results_table,
+    tradeoff_points,
+    training_curve,
+)
 from analysis.runs import FINAL_MODEL_FILE, find_runs, read_run_metrics, run_kind
 from app import common
 
@@ -18,19 +29,43 @@ candidates = [str(p) for p in common.list_samples()] + [str(p) for p in find_run
 if not candidates:
     st.info(f"No runs yet in {common.runs_dir()}. Start one on the Fine-tune page.")
     st.stop()
-pipelines = [c for c in candidates if run_kind(c) == "pipeline"]
+described = {run: read_run_description(run) for run in candidates}
+corpus_of = {run: described[run]["corpus"] or "unknown" for run in candidates}
+
+
+def corpus_label(corpus) -> str:
+    return {"ptb": "Penn Treebank", "unknown": "unknown corpus"}.get(corpus, corpus)
+
+
+def run_label(run: str) -> str:
+    return common.display_name(run) + (" (dry run)" if described[run]["dry_run"] else "")
+
+
+# Runs on different corpora never share an axis: their perplexities do not compare.
 wanted = [c for c in st.session_state.get("compare_selection", []) if c in candidates]
-default = wanted or pipelines[:1] or candidates[:1]
-chosen = st.multiselect("Runs", candidates, default=default, format_func=common.display_name, key="compare_runs")
+real_pipelines = [c for c in candidates if run_kind(c) == "pipeline" and not described[c]["dry_run"]]
+corpora = list(dict.fromkeys(corpus_of.values()))
+# first the corpus of an explicit choice, else of the trajectory chosen on the Data page, else of a finished pipeline
+current = common.current_source()
+preferred = [corpus_of[c] for c in wanted] + [read_run_description(current)["corpus"] if current else None]
+preferred += [corpus_of[c] for c in real_pipelines + candidates]
+corpus = st.selectbox("Corpus", corpora, index=corpora.index(next(c for c in preferred if c in corpora)),
+                      format_func=corpus_label,
+                      key="compare_corpus", help="Runs are compared on one corpus at a time.")
+on_corpus = [c for c in candidates if corpus_of[c] == corpus]
+# an explicit choice (the Fine-tune page's Compare button) is kept; otherwise a dry run is never preselected
+default = ([c for c in wanted if c in on_corpus] or [c for c in real_pipelines if c in on_corpus][:1]
+           or [c for c in on_corpus if not described[c]["dry_run"]][:1])
+chosen = st.multiselect("Runs", on_corpus, default=default, format_func=run_label, key=f"compare_runs_{corpus}")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
 
 figure = go.Figure()
 palette = px.colors.qualitative.Plotly
-tables, lines = [], {}
+lines = {}
 for number, run in enumerate(chosen):
-    name, colour = common.display_name(run), palette[number % len(palette)]
+    name, colour = run_label(run), palette[number % len(palette)]
     events = read_run_metrics(run)
     if run_kind(run) == "pipeline":
         curve = pipeline_curve(events)
@@ -42,15 +77,10 @@ for number, run in enumerate(chosen):
         figure.add_trace(go.Scatter(x=shots["position"], y=shots["val_ppl"], mode="markers", name=f"{name}: zero-shot",
                                     marker={"symbol": "x", "size": 11, "color": colour}, customdata=shots["stage"],
                                     hovertemplate="right after pruning, stage %{customdata}<br>%{y:.2f}"))
-        table = pipeline_table(events)
-        table.insert(0, "run", name)
-        tables.append(table)
     else:
         curve = training_curve(events)
         figure.add_trace(go.Scatter(x=curve["epoch"], y=curve["val_ppl"], mode="lines+markers", name=name,
                                     line={"color": colour, "dash": "dash"}))
-        if not curve.empty:
-            tables.append(pd.DataFrame([{"run": name, "stage": "training", "val_ppl": curve["val_ppl"].min()}]))
     for label, value in reference_lines(events).items():
         lines.setdefault(label, value)
 for label, value in lines.items():
@@ -59,26 +89,51 @@ for label, value in lines.items():
 figure.update_layout(height=460, margin={"t": 20, "b": 40}, xaxis_title="epochs (of training, or of fine-tuning "
                      "across stages)", yaxis_title="validation perplexity", legend={"orientation": "h", "y": -0.2})
 st.plotly_chart(figure, key="compare_curves")
-st.caption("Lines: validation perplexity after each epoch. Crosses: right after each pruning, before fine-tuning. "
-           "Dashed grey: the unpruned model; dotted: the oracle (the true language's own perplexity).")
+st.caption(f"{corpus_label(corpus)}. Lines: validation perplexity after each epoch. Crosses: right after each "
+           "pruning, before fine-tuning. Dashed grey: the unpruned model; dotted: the oracle (the true language's "
+           "own perplexity).")
 
 st.subheader("Results")
-results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+results = results_table([(run_label(run), run) for run in chosen])
 if results.empty:
     st.caption("No results recorded yet.")
 else:
-    decimals = {column: st.column_config.NumberColumn(format="%.2f")
-                for column in ("ratio", "zero_shot_val_ppl", "val_ppl", "test_ppl", "wall_s")}
-    integers = {column: st.column_config.NumberColumn(format="localized")
-                for column in ("params_recurrent", "params_total")}
-    st.dataframe(results, hide_index=True, width="stretch", column_config={**decimals, **integers})
-    st.download_button("Download the table (CSV)", results.to_csv(index=False), file_name="dynaprune-results.csv",
+    st.dataframe(results_for_display(results), hide_index=True, width="stretch")
+    st.caption("valid and test ppl: on the whole split. A pipeline's stage rows give the best validation perplexity "
+               "of the stage's fine-tuning; its final row, the model it keeps. The CSV adds each run's settings.")
+    st.download_button("Download the table (CSV)", results_csv(results), file_name="dynaprune-results.csv",
                        mime="text/csv", key="compare_csv")
+
+st.subheader("Trade-off: perplexity against size")
+shown_runs = [run for run in on_corpus if run in chosen or not described[run]["dry_run"]]
+points = tradeoff_points(results_table([(run_label(run), run) for run in shown_runs]))
+measure = st.radio("Perplexity", ["valid ppl", "test ppl"], horizontal=True, key="compare_tradeoff_measure",
+                   format_func={"valid ppl": "validation", "test ppl": "test"}.get)
+known = points[points[measure].notna()]
+if known.empty:
+    st.caption("No run on this corpus records both its size and this perplexity yet.")
+else:
+    spread = known["parameters"].max() / max(1.0, known["parameters"].min())
+    tradeoff = px.scatter(known, x="parameters", y=measure, color="group", symbol="group", log_x=spread > 20,
+                          symbol_map={TRADEOFF_GROUPS["unpruned"]: "star", TRADEOFF_GROUPS["control"]: "diamond"},
+                          symbol_sequence=["circle"], hover_data=["run", "stage"], height=440,
+                          color_discrete_map={TRADEOFF_GROUPS["unpruned"]: "black", TRADEOFF_GROUPS["control"]: "grey"},
+                          labels={"parameters": "parameters remaining", "group": "",
+                                  measure: "validation perplexity" if measure == "valid ppl" else "test perplexity"})
+    tradeoff.update_traces(marker={"size": 11})
+    frontier = lower_envelope(points, measure)
+    tradeoff.add_trace(go.Scatter(x=frontier["parameters"], y=frontier[measure], mode="lines", line_shape="hv",
+                                  name="frontier", line={"color": "grey", "dash": "dot"}, hoverinfo="skip"))
+    tradeoff.update_layout(margin={"t": 20, "b": 40})
+    st.plotly_chart(tradeoff, key="compare_tradeoff")
+    st.caption(f"Every run and stage on {corpus_label(corpus)} (dry runs only when chosen above), coloured by "
+               "criterion. Star: an unpruned model; diamond: a control (ratio 0, fine-tuned the same way); dotted: "
+               "the frontier, the lowest perplexity reached with at most that many parameters.")
 
 finished = [run for run in chosen if (Path(run) / FINAL_MODEL_FILE).is_file()]
 if finished:
     st.subheader("Pruned models")
-    run = st.selectbox("Pipeline", finished, format_func=common.display_name, key="compare_model_run")
+    run = st.selectbox("Pipeline", finished, format_func=run_label, key="compare_model_run")
     model_path = Path(run) / FINAL_MODEL_FILE
     st.download_button(f"Download {FINAL_MODEL_FILE} ({model_path.stat().st_size / 1e6:.1f} MB)", model_path.read_bytes,
                        file_name=f"{Path(run).name}-{FINAL_MODEL_FILE}", mime="application/octet-stream",

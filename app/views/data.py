@@ -83,5 +83,9 @@ if model is None:
             "selection only, without perplexity, and it cannot be fine-tuned.")
 else:
     config = model.config
+    problem = common.corpus_problem_of(info.get("data_source"))
+    if problem:
+        st.warning(f"{problem} Until then the Prune page shows no zero-shot perplexity and this model cannot be "
+                   "fine-tuned.")
     st.caption(f"Model: {config.rnn_type}, embedding {config.embedding_size}, hidden sizes {config.hidden_sizes}, "
                f"vocabulary {config.vocab_size}, trained on `{info.get('data_source')}`.")

@@ -95,13 +95,15 @@ left, right = st.columns(2)
 ticks = order_units.astype(str) if view.block == 1 else None
 heat = go.Figure(go.Heatmap(z=view.matrix, x=ticks, y=ticks, colorscale="Viridis", colorbar={"title": "d"}))
 heat.update_layout(height=480, margin={"t": 20, "b": 40}, yaxis={"autorange": "reversed", "type": "category"},
+                   xaxis_title="unit, ordered by cluster", yaxis_title="unit, ordered by cluster",
                    xaxis={"type": "category", "showticklabels": H <= 64})
 left.plotly_chart(heat, key="dyn_heatmap")
 left.caption("Units ordered so that each cluster is one block on the diagonal"
              + (f"; blocks of {view.block} units averaged." if view.block > 1 else "."))
 embedding = common.embedding(str(source), sig, layer, order, horizon)
 scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=labels.astype(str),
-                     hover_name=[f"unit {k}" for k in range(H)], labels={"color": "cluster", "x": "", "y": ""},
+                     hover_name=[f"unit {k}" for k in range(H)],
+                     labels={"color": "cluster", "x": "MDS 1", "y": "MDS 2"},
                      height=480)
 scatter.update_layout(margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20)
 right.plotly_chart(scatter, key="dyn_embedding")

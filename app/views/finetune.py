@@ -6,6 +6,7 @@ import re
 import time
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -30,13 +31,13 @@ st.write("Prune the model to the target ratio in stages; after each cut the smal
          "job: you can leave this page, or close the browser, and come back.")
 
 source = common.current_source()
-model, model_note = common.model_or_none(source) if source else (None, "no trajectory chosen")
+model, model_info = common.model_or_none(source) if source else (None, "no trajectory chosen")
 
 # ------------------------------------------------------------------ the form
 st.subheader("New fine-tuning job")
 if model is None:
-    st.info(model_note if model_note == NO_MODEL_HINT else
-            f"The current trajectory cannot be fine-tuned: {model_note}. Choose a sample or a run on the Data page.")
+    st.info(model_info if model_info == NO_MODEL_HINT else
+            f"The current trajectory cannot be fine-tuned: {model_info}. Choose a sample or a run on the Data page.")
 else:
     trajectory = common.trajectory(str(source), common.signature(source))
     previewed = common.previewed_pipeline(trajectory, model.layer_names)
@@ -104,7 +105,10 @@ else:
                                          previewed.importance_refresh_epochs, key="ft_importance_refresh_epochs")
             calibration = right.number_input("Calibration batches for importances", 1, 1000,
                                              previewed.calibration_batches, key="ft_calibration_batches")
-        submitted = st.form_submit_button("Start fine-tuning", type="primary")
+        corpus_problem = common.corpus_problem_of(model_info.get("data_source"))
+        if corpus_problem:
+            st.warning(f"{corpus_problem} Fine-tuning needs its training split.")
+        submitted = st.form_submit_button("Start fine-tuning", type="primary", disabled=bool(corpus_problem))
     if submitted:
         target = common.runs_dir() / name
         horizon = {"custom": int(custom_horizon), "infinite (Martin)": math.inf}.get(horizon_choice)
@@ -129,12 +133,20 @@ else:
             except DynapruneError as error:
                 st.error(f"Could not start the job: {error}")
             else:
-                st.session_state["ft_job"] = job.id
+                # the panel below follows the new job (its selectbox is drawn after this point of the run)
+                st.session_state["ft_job"] = st.session_state["ft_job_select"] = job.id
+                st.session_state.pop("ft_cancel_pending", None)
                 st.session_state.pop("ft_stamp", None)  # the next job gets a fresh default name
-                st.success(f"Job {job.id} is {job.state}.")
 
 
 # ------------------------------------------------------------------ jobs, refreshed live
+def job_title(job) -> str:
+    """What a job is called on this page: its output folder's name, else its label, else its command."""
+    if job.out_dir:
+        return Path(job.out_dir).name
+    return job.label or " ".join(job.args[:1]) or job.id
+
+
 def job_progress(job, events) -> float:
     if job.state == jobs.SUCCEEDED:
         return 1.0
@@ -145,6 +157,36 @@ def job_progress(job, events) -> float:
         planned = 1
     done = sum(1 for event in events if event.get("event") == "epoch")
     return min(1.0, done / max(1, planned))
+
+
+def ask_to_cancel(job_id: str) -> None:
+    st.session_state["ft_cancel_pending"] = job_id
+
+
+def keep_running(job_id: str) -> None:
+    st.session_state.pop("ft_cancel_pending", None)
+
+
+def confirm_cancel(job_id: str) -> None:
+    st.session_state.pop("ft_cancel_pending", None)
+    try:
+        jobs.cancel(job_id)
+    except DynapruneError as error:
+        st.session_state["ft_cancel_error"] = str(error)
+
+
+def cancel_controls(job, column) -> None:
+    """Cancel, in two steps: the button asks, a second button confirms (callbacks: they act before the rerun)."""
+    problem = st.session_state.pop("ft_cancel_error", None)
+    if problem:
+        column.error(problem)
+    if st.session_state.get("ft_cancel_pending") != job.id:
+        column.button("Cancel", key=f"cancel_{job.id}", on_click=ask_to_cancel, args=(job.id,))
+        return
+    column.warning(f"Cancel {job_title(job)}? It stops at once; Resume continues from its last checkpoint.")
+    column.button("Yes, cancel it", key=f"cancel_yes_{job.id}", type="primary", on_click=confirm_cancel,
+                  args=(job.id,))
+    column.button("No, keep it running", key=f"cancel_no_{job.id}", on_click=keep_running, args=(job.id,))
 
 
 @st.fragment(run_every=POLL_SECONDS)
@@ -161,24 +203,24 @@ def jobs_panel():
         st.caption(f"No jobs yet (jobs live in {jobs.jobs_dir()}).")
         return
     table = pd.DataFrame([{
-        "job": job.id, "state": job.state, "label": job.label or " ".join(job.args[:1]),
+        "job": job_title(job), "state": job.state, "details": job.label or " ".join(job.args),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started_at)) if job.started_at else "",
         "message": job.message,
     } for job in listed])
     st.dataframe(table, hide_index=True, width="stretch")
-    ids = [job.id for job in listed]
-    preferred = st.session_state.get("ft_job")
-    chosen_id = st.selectbox("Job", ids, index=ids.index(preferred) if preferred in ids else 0, key="ft_job_select")
-    job = next(j for j in listed if j.id == chosen_id)
+    by_id = {job.id: job for job in listed}
+    if st.session_state.get("ft_job_select") not in by_id:  # e.g. hidden by the toggle: fall back on the newest
+        preferred = st.session_state.get("ft_job")
+        st.session_state["ft_job_select"] = preferred if preferred in by_id else listed[0].id
+    chosen_id = st.selectbox("Job", list(by_id), format_func=lambda id_: job_title(by_id[id_]), key="ft_job_select")
+    job = by_id[chosen_id]
+    if job.id == st.session_state.get("ft_job") and job.state in jobs.ACTIVE_STATES:
+        st.info(f"Job {job_title(job)} is {job.state}.")  # the banner of a just-started job, gone once it ends
     events = jobs.read_metrics(job.id) if job.state != jobs.CORRUPT else []
     left, middle, right = st.columns([2, 1, 1])
     left.progress(job_progress(job, events), text=f"{job.state}: {job.message}")
-    if job.state in jobs.ACTIVE_STATES and middle.button("Cancel", key=f"cancel_{job.id}"):
-        try:
-            jobs.cancel(job.id)
-        except DynapruneError as error:
-            st.error(str(error))
-        st.rerun(scope="fragment")
+    if job.state in jobs.ACTIVE_STATES:
+        cancel_controls(job, middle)
     if job.resumable and middle.button("Resume", key=f"resume_{job.id}"):
         try:
             jobs.resume(job.id)
@@ -190,7 +232,8 @@ def jobs_panel():
         st.switch_page("views/compare.py")
     curve = pipeline_curve(events)
     if not curve.empty:
-        figure = px.line(curve, x="position", y="val_ppl", color=curve["stage"].astype(str), markers=True,
+        stage = curve["stage"].map(lambda s: "unpruned" if pd.isna(s) else str(int(s)))
+        figure = px.line(curve, x="position", y="val_ppl", color=stage, markers=True,
                          symbol="kind", height=320, labels={"color": "stage", "position": "epochs of fine-tuning",
                                                             "val_ppl": "validation perplexity"})
         for label, value in reference_lines(events).items():
@@ -198,7 +241,8 @@ def jobs_panel():
                              annotation_text=label, line_color="grey")
         figure.update_layout(margin={"t": 20, "b": 40})
         st.plotly_chart(figure, key="ft_job_curve")
-    with st.expander("Log (last lines)"):
+    with st.expander(f"Log of {job_title(job)} (last lines)"):
+        st.caption(f"job id {job.id}")
         st.code(jobs.read_log(job.id, tail=30) or "(empty)", language=None)
 
 

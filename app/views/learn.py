@@ -86,7 +86,7 @@ circle_x, circle_y = unit_circle()
 figure = go.Figure([go.Scatter(x=circle_x, y=circle_y, mode="lines", line={"dash": "dot", "color": "grey"},
                                name="unit circle"),
                     go.Scatter(x=eigen["real"], y=eigen["imag"], mode="markers", marker={"size": 5}, name="eig(A_k)")])
-figure.update_layout(yaxis={"scaleanchor": "x"})
+figure.update_layout(yaxis={"scaleanchor": "x"}, xaxis_title="real part", yaxis_title="imaginary part")
 st.plotly_chart(figure_layout(figure, 340), key="learn_eigenvalues")
 st.caption(f"Eigenvalues of every unit's A (order n = {order}); median explained variance "
            f"{fit_quality_table(fit)['explained_variance'].median():.3f}.")
@@ -101,7 +101,8 @@ order_units = common.tree_order(str(source), sig, layer, order, horizon)
 if layer_plan.clusters is not None:
     order_units = group_by_labels(order_units, layer_plan.clusters)
 figure = go.Figure(go.Heatmap(z=heatmap_view(distances, order_units).matrix, colorscale="Viridis"))
-figure.update_layout(yaxis={"autorange": "reversed"})
+figure.update_layout(yaxis={"autorange": "reversed"}, xaxis_title="units, ordered by cluster",
+                     yaxis_title="units, ordered by cluster")
 st.plotly_chart(figure_layout(figure, 380), key="learn_distances")
 st.caption(f"Distances between the units of {layer}, horizon {common.horizon_label(horizon)}, ordered by cluster.")
 
@@ -113,7 +114,8 @@ embedding = common.embedding(str(source), sig, layer, order, horizon)
 status = unit_status(info.hidden_size, layer_plan.pruned)
 figure = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=status, symbol=status,
                     color_discrete_map={"kept": "#1f77b4", "pruned": "#d62728"},
-                    symbol_map={"kept": "circle", "pruned": "x"}, labels={"x": "", "y": "", "color": "", "symbol": ""})
+                    symbol_map={"kept": "circle", "pruned": "x"},
+                    labels={"x": "MDS 1", "y": "MDS 2", "color": "", "symbol": ""})
 st.plotly_chart(figure_layout(figure, 360), key="learn_embedding")
 st.caption(f"At r = {ratio:.1f}, {len(layer_plan.pruned)} of {info.hidden_size} units of {layer} go.")
 st.write("This clustering rule is the method as first written. dynaprune's default, **dynamics-greedy**, chose "

@@ -43,8 +43,11 @@ def cached_curve(path: str, sig: float, order: int, horizon):
 
 # ------------------------------------------------------------------ controls
 left, right = st.columns([2, 1])
+per_layer = bool(st.session_state.get("prune_per_layer"))  # the toggle below; its sliders then decide
 ratio = left.slider("Pruning ratio (fraction of hidden units removed)", 0.0, 0.9,
-                    float(st.session_state.get(common.RATIO_KEY, 0.5)), 0.05, key="prune_ratio_slider")
+                    float(st.session_state.get(common.RATIO_KEY, 0.5)), 0.05, key="prune_ratio_slider",
+                    disabled=per_layer,
+                    help="Per-layer ratios are on: the sliders below decide." if per_layer else None)
 names = list(CRITERIA)
 criterion = right.selectbox("Criterion", names,
                             index=names.index(st.session_state.get(common.CRITERION_KEY, DEFAULT_CRITERION)),
@@ -84,6 +87,11 @@ else:
 
     left.dataframe(footprint.to_frame().style.format({"before": number, "after": number, "change": "{:+.1%}"}),
                    hide_index=True, width="stretch")
+    full = common.recorded_perplexity(source, info)
+    if full is not None:
+        right.metric("Unpruned validation perplexity (full split)", f"{full:.2f}",
+                     help="As recorded when the model was trained, on the whole validation split: the same "
+                          "number the Compare page shows.")
     validation, problem = common.validation_for(source)
     if validation is None:
         right.warning(f"Perplexity unavailable: {problem}")
@@ -91,12 +99,17 @@ else:
         baseline = cached_zero_shot(str(source), sig, order, horizon, tuple((layer, 0.0) for layer in ratios),
                                     criterion)
         pruned_ppl = cached_zero_shot(str(source), sig, order, horizon, ratio_items, criterion)
+        tokens = validation.tokens.numel()
+        where = ("the whole validation split" if not validation.capped else
+                 f"{tokens:,} of the {validation.total_tokens:,} validation tokens of {validation.source}, "
+                 f"{validation.windows} stretches spread over the whole split (for speed)")
         right.metric("Zero-shot validation perplexity", f"{pruned_ppl:.2f}", f"{pruned_ppl - baseline:+.2f}",
-                     delta_color="inverse", help="Perplexity of the pruned model before any fine-tuning.")
-        right.caption(f"Unpruned: {baseline:.2f}"
+                     delta_color="inverse", help=f"Perplexity of the pruned model before any fine-tuning, on {where}; "
+                                                 "the change is against the unpruned model on the same tokens.")
+        right.caption((f"Unpruned on the same tokens as the zero-shot figure: {baseline:.2f}" if validation.capped
+                       else f"Unpruned: {baseline:.2f}")
                       + (f" · oracle: {validation.oracle_perplexity:.2f}" if validation.oracle_perplexity else "")
-                      + f" · on the first {validation.tokens.numel():,} of {validation.total_tokens:,} validation "
-                        f"tokens of {validation.source}.")
+                      + f" · on {where}.")
 
 # ------------------------------------------------------------------ which units
 st.subheader("Which units go")
@@ -109,7 +122,7 @@ left, right = st.columns(2)
 scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=status, symbol=status,
                      color_discrete_map={"kept": "#1f77b4", "pruned": "#d62728"},
                      symbol_map={"kept": "circle", "pruned": "x"}, hover_name=[f"unit {k}" for k in range(len(status))],
-                     labels={"color": "", "symbol": "", "x": "", "y": ""}, height=460)
+                     labels={"color": "", "symbol": "", "x": "MDS 1", "y": "MDS 2"}, height=460)
 scatter.update_layout(margin={"t": 20, "b": 40})
 left.plotly_chart(scatter, key="prune_embedding")
 left.caption("Units placed by their dynamics distances (MDS); crosses are pruned.")

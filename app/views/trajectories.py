@@ -80,8 +80,10 @@ else:
 
 st.subheader("A weight matrix at one snapshot")
 left, right = st.columns([3, 1])
-index = left.slider("Snapshot", 0, len(trajectory) - 1, len(trajectory) - 1, key="traj_snapshot",
-                    help="Index of the snapshot; its training step is shown below.")
+step_options = [int(step) for step in steps]
+chosen_step = left.select_slider("Snapshot (training step)", step_options, value=step_options[-1], key="traj_snapshot",
+                                 help="The training step at which the snapshot was recorded.")
+index = step_options.index(chosen_step)
 which = right.radio("Matrix", ["weight_hh", "weight_ih"], key="traj_which")
 matrix, row_block, column_block = cached_matrix(str(source), sig, layer, index, which)
 heat = go.Figure(go.Heatmap(z=matrix, colorscale="RdBu", zmid=0.0))
