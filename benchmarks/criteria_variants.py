@@ -49,6 +49,8 @@ VARIANTS: dict[str, Variant] = {
     "greedy-dynamics-order8-late": Variant("greedy", order=8, window="late"),
     "greedy-dynamics-order12": Variant("greedy", order=12),
     "greedy-dynamics-taylor": Variant("greedy", importance="taylor"),
+    "greedy-dynamics-taylor-order8": Variant("greedy", order=8, importance="taylor"),
+    "greedy-dynamics-taylor-b0.5": Variant("greedy", importance="taylor", beta=0.5),
     "greedy-final-cosine": Variant("greedy", distance="final-cosine"),
     "greedy-trajectory-cosine": Variant("greedy", distance="trajectory-cosine"),
 }

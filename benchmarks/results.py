@@ -12,7 +12,9 @@ discrimination-aware L2), at 50% the ablations one-shot, no distillation, plain 
 regularisation, and a control: nothing pruned, the same fine-tuning (does fine-tuning alone help?).
 A finished run is skipped and an interrupted one continues, so running the same command again
 resumes the whole table; SIGTERM stops it (exit status 143) after saving. --workers N runs N
-rows at a time (each with --threads torch threads). The
+rows at a time (each with --threads torch threads) through the sweep runner of `dynaprune sweep`
+(analysis.sweeps; each row's output goes to <work-dir>/logs/), and --address HOST:PORT runs them on a
+Ray cluster instead (docs/scaling.md). The
 document is rewritten from every finished run in the work directory, whichever part was run.
 
 Cost on one thread: a synthetic row takes about a minute; a PTB fine-tuning epoch of the ptb-small
@@ -26,10 +28,7 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -122,7 +121,13 @@ def finished(out: Path) -> dict | None:
 
 
 def run_corpus(corpus: str, source: Path, args) -> int:
-    """Run every unfinished row of one corpus, up to args.workers at a time; 143 if stopped by SIGTERM."""
+    """Run every unfinished row of one corpus through the sweep runner (analysis.sweeps: each row a trial,
+    its output in <work-dir>/logs/<corpus>/), up to args.workers at a time on this machine, or on a Ray
+    cluster with --address; 143 if stopped by SIGTERM or Ctrl-C (the running rows resumable)."""
+    from analysis.sweeps.runner import run_trials
+    from analysis.sweeps.spec import Resources
+    from analysis.sweeps.trial import FAILED, trial_task
+
     def priority(item):
         row, seed = item
         started = row_dir(args, corpus, row, seed).exists()
@@ -131,43 +136,26 @@ def run_corpus(corpus: str, source: Path, args) -> int:
 
     pending = sorted(((row, seed) for seed in args.seeds for row in rows_of(corpus)
                       if not finished(row_dir(args, corpus, row, seed))), key=priority)
-    running: dict[subprocess.Popen, str] = {}
-    stopping = False
+    tasks = []
+    for row, seed in pending:
+        out = row_dir(args, corpus, row, seed)
+        command = row_command(row, source, out, seed, args)
+        print(f"[{corpus}] {row.name} seed {seed}: {shown(command)}", flush=True)
+        tasks.append(trial_task(out.name, [*command, "--threads", str(args.threads), "--no-progress"], out,
+                                args.work_dir / "logs" / corpus / f"{out.name}.txt"))
 
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-        for process in running:
-            process.send_signal(signal.SIGTERM)
+    def finish(record: dict) -> None:
+        print(f"[{corpus}] {record['name']}: {record['status']} (exit status {record.get('exit_code')})"
+              + ("; continuing" if record["status"] == FAILED else ""), flush=True)
+        if record.get("log_tail"):
+            print("    " + record["log_tail"].replace("\n", "\n    "), flush=True)
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        while running or (pending and not stopping):
-            while pending and not stopping and len(running) < args.workers:
-                row, seed = pending.pop(0)
-                command = row_command(row, source, row_dir(args, corpus, row, seed), seed, args)
-                print(f"[{corpus}] {row.name} seed {seed}: {shown(command)}", flush=True)
-                full = [sys.executable, "-m", "analysis.cli", *command, "--threads", str(args.threads), "--no-progress"]
-                running[subprocess.Popen(full, cwd=REPO)] = f"{row.name} seed {seed}"
-            process = wait_any(running)
-            label = running.pop(process)
-            if process.returncode not in (0, 143):
-                print(f"[{corpus}] {label} failed with exit status {process.returncode}; continuing", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if stopping:
+    backend = "ray" if args.address else "local"
+    if run_trials(tasks, finish, backend=backend, address=args.address, max_parallel=args.workers,
+                  resources=Resources(cpus=args.threads)):
         print("stopped; run the same command again to continue", flush=True)
         return 143
     return 0
-
-
-def wait_any(running: dict[subprocess.Popen, str]) -> subprocess.Popen:
-    """The first of the running processes to exit (polled: a SIGTERM handler must be able to run meanwhile)."""
-    while True:
-        for process in running:
-            if process.poll() is not None:
-                return process
-        time.sleep(0.5)
 
 
 # ----------------------------------------------------------------------------- the document
@@ -417,6 +405,8 @@ def main_parser() -> argparse.ArgumentParser:
                         help="rewrite the document from the finished runs without running anything")
     parser.add_argument("--workers", type=int, default=1,
                         help="rows run at the same time (default 1; on two cores, 2 with --threads 1)")
+    parser.add_argument("--address", help="run the rows on this Ray cluster (docs/scaling.md; the work directory "
+                                          "must be on a filesystem every node sees)")
     return parser
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "prune": "analysis.cli.prune",
     "import": "analysis.cli.import_lm",
     "download-ptb": "analysis.cli.download_ptb",
+    "sweep": "analysis.cli.sweep",
 }
 
 
