@@ -155,19 +155,25 @@ def full_method_report(work_dir: Path, criteria: list[str], ratio: float) -> str
 
 
 def report(results_path: Path, variant_names: list[str], ratios: list[float]) -> str:
+    """One table per ratio: each variant's zero-shot perplexity per source, then its change against
+    magnitude on the same source, averaged over the held-out sources and over all of them (a blank
+    where a source lacks the row)."""
     results = read_results(results_path)
     names = [n for n in sources(Path(".")) if any(key[0] == n for key in results)]
+    held_out = [n for n in names if n != TUNING_SOURCE]
     lines = []
     for ratio in ratios:
         lines += [f"### Zero-shot validation perplexity, one cut to {ratio:.0%}", "",
-                  "| variant | " + " | ".join(names) + " | mean of held-out |",
-                  "| --- |" + " --- |" * (len(names) + 1)]
+                  "| variant | " + " | ".join(names) + " | mean change vs magnitude, held-out | same, all sources |",
+                  "| --- |" + " --- |" * (len(names) + 2)]
         for variant in variant_names:
-            values = [results.get((n, variant, ratio), {}).get("valid_ppl") for n in names]
-            held = [v for n, v in zip(names, values) if n != TUNING_SOURCE and v is not None]
-            cells = ["" if v is None else f"{v:.2f}" for v in values]
-            mean = f"{np.mean(held):.2f}" if held and len(held) == len(names) - 1 else ""
-            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean} |")
+            values = {n: results.get((n, variant, ratio), {}).get("valid_ppl") for n in names}
+            base = {n: results.get((n, "magnitude", ratio), {}).get("valid_ppl") for n in names}
+            change = {n: values[n] / base[n] - 1 for n in names if values[n] is not None and base[n]}
+            cells = ["" if values[n] is None else f"{values[n]:.2f}" for n in names]
+            means = [f"{np.mean([change[n] for n in group]) * 100:+.1f}%" if all(n in change for n in group) else ""
+                     for group in (held_out, names)]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(means) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -56,8 +56,9 @@ class GreedyDynamicsRedundancy:
     distance to the nearest other kept unit is smallest. A weak unit goes first, and sooner when
     another kept unit moved the same way during training; once a unit's nearest neighbour is gone,
     its own score rises, so the two units of a redundant pair are not both removed. Where all
-    distances are equal this is magnitude pruning. Chosen by docs/criteria.md: of the variants
-    tried on the ptb-small sample, the only one that cut better than magnitude at 30%, 50% and 70%.
+    distances are equal this is magnitude pruning. Chosen in docs/criteria.md: of the variants
+    tried on the ptb-small sample, the only one that cut better than magnitude at 30%, 50% and 70%;
+    on held-out models it is within a few percent of magnitude, and far better than clustering.
     """
 
     name = "dynamics-greedy"

@@ -118,8 +118,9 @@ figure = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=status, symbol=s
                     labels={"x": "MDS 1", "y": "MDS 2", "color": "", "symbol": ""})
 st.plotly_chart(figure_layout(figure, 360), key="learn_embedding")
 st.caption(f"At r = {ratio:.1f}, {len(layer_plan.pruned)} of {info.hidden_size} units of {layer} go.")
-st.write("This clustering rule is the method as first written. dynaprune's default, **dynamics-greedy**, chose "
-         "better units on Penn Treebank (docs/criteria.md): it removes one unit at a time, each time the one whose "
+st.write("This clustering rule is the method as first written. dynaprune's default, **dynamics-greedy**, cuts "
+         "Penn Treebank models about as well as magnitude pruning and much better than clustering (docs/criteria.md): "
+         "it removes one unit at a time, each time the one whose "
          "final weight norm times its dynamics distance to the nearest kept unit is smallest, so weak units with a "
          "near twin go first. The Prune page shows each unit's score.")
 st.latex(r"\text{remove } \arg\min_{k \text{ kept}} \; \|w_k(T)\| \cdot \min_{j \text{ kept}, j \ne k} d(k, j)")
