@@ -46,6 +46,7 @@ from analysis.utils.fileio import atomic_write_json, read_json_object
 
 BACKENDS = ("local", "ray")
 SWEEP_FILE, TRIALS_DIR, RECORDS_DIR, LOGS_DIR = "sweep.json", "trials", "records", "logs"
+LOOPBACK = "127.0.0.1"
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # trials pass only small records through Ray
 RAY_MAX_RETRIES = 3  # a trial whose worker or node dies runs again (and resumes) up to this often
 
@@ -282,8 +283,10 @@ def _run_ray(tasks: list[dict], finish, stop: _StopFlag, resources: Resources, a
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
+            # a local instance listens on the loopback address only, never on the machine's network
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False,
+                     _node_ip_address=LOOPBACK)
     stop.handle_sigterm()
     remote = ray.remote(execute_trial).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                                max_retries=RAY_MAX_RETRIES, retry_exceptions=False)
