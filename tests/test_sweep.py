@@ -239,9 +239,12 @@ def test_results_script_runs_its_rows_through_the_sweep_runner(tmp_path, synthet
 def test_early_stopping_stops_a_hopeless_trial_after_a_stage(tmp_path, synthetic_sample):
     text = GRID.replace('criterion = ["dynamics-greedy", "magnitude"]', 'criterion = ["magnitude"]').replace(
         "ratio = [0.3, 0.5]", "ratio = [0.1, 0.8]").replace("stages = 2", "stages = 3")
+    # real stages (seconds each, not a dry run's fraction of one), one trial at a time: the watcher,
+    # which polls between stages, sees stage 1 of the 0.8 trial end while its stage 2 still runs
+    text = text.replace("dry_run = true", "dry_run = false\nepochs_per_stage = 1")
     text += "\n[early_stop]\nenabled = true\nmargin = 0.0\nmin_trials = 1\n"
     spec = write_spec(tmp_path / "early.toml", synthetic_sample, text)
-    result = run_sweep(load_spec(spec), tmp_path / "sweep", backend="local", log=lambda line: None)
+    result = run_sweep(load_spec(spec), tmp_path / "sweep", backend="local", max_parallel=1, log=lambda line: None)
     status = {r["name"]: r for r in result.records}
     assert status["criterion-magnitude_ratio-0.1_seed-0"]["status"] == "succeeded"
     stopped = status["criterion-magnitude_ratio-0.8_seed-0"]
