@@ -171,8 +171,8 @@ def report(results_path: Path, variant_names: list[str], ratios: list[float]) ->
             base = {n: results.get((n, "magnitude", ratio), {}).get("valid_ppl") for n in names}
             change = {n: values[n] / base[n] - 1 for n in names if values[n] is not None and base[n]}
             cells = ["" if values[n] is None else f"{values[n]:.2f}" for n in names]
-            means = [f"{np.mean([change[n] for n in group]) * 100:+.1f}%" if all(n in change for n in group) else ""
-                     for group in (held_out, names)]
+            means = [f"{np.mean([change[n] for n in group]) * 100:+.1f}%"
+                     if group and all(n in change for n in group) else "" for group in (held_out, names)]
             lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(means) + " |")
         lines.append("")
     return "\n".join(lines)

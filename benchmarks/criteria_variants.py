@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from analysis.dynamics.criteria import cluster_units
+from analysis.dynamics.criteria import CRITERIA, greedy_removal_order
 from analysis.dynamics.distances import dynamics_distances
 from analysis.dynamics.lds import fit_lds
 from analysis.dynamics.selection import units_to_prune
@@ -120,8 +120,9 @@ def choose_kept_units(units: SourceUnits, variant: Variant, ratio: float, seed: 
             pruned = rng.choice(H, size=n_prune, replace=False)
         elif variant.rule == "rank":
             pruned = np.argsort(units.importance(layer, variant.importance), kind="stable")[:n_prune]
-        elif variant.rule == "clusters":
-            pruned = _clusters(units.distances(layer, variant), units.importance(layer, variant.importance), n_prune)
+        elif variant.rule == "clusters":  # the library's clustering rule, each cluster keeping its strongest unit
+            pruned = CRITERIA["dynamics"].choose_pruned(n_prune, units.distances(layer, variant),
+                                                        units.importance(layer, variant.importance), None)[0]
         elif variant.rule == "greedy":
             pruned = greedy_redundancy(units.distances(layer, variant), units.importance(layer, variant.importance),
                                        n_prune, variant.beta)
@@ -132,33 +133,10 @@ def choose_kept_units(units: SourceUnits, variant: Variant, ratio: float, seed: 
 
 
 def greedy_redundancy(distances: np.ndarray, importance: np.ndarray, n_prune: int, beta: float) -> np.ndarray:
-    """Remove units one at a time: each time the kept unit with the smallest importance x (distance
-    to its nearest kept neighbour / median distance)^beta. beta = 0 is ranking by importance."""
-    H = distances.shape[0]
-    D = np.array(distances, dtype=np.float64)
-    scale = np.median(D[np.triu_indices(H, 1)]) or 1.0
-    np.fill_diagonal(D, np.inf)
-    kept = np.ones(H, dtype=bool)
-    pruned = []
-    for _ in range(n_prune):
-        nearest = D[:, kept].min(axis=1)
-        score = importance * (nearest / scale) ** beta
-        score[~kept] = np.inf
-        unit = int(np.argmin(score))
-        kept[unit] = False
-        pruned.append(unit)
-    return np.array(sorted(pruned), dtype=np.int64)
-
-
-def _clusters(distances: np.ndarray, importance: np.ndarray, n_prune: int) -> np.ndarray:
-    H = distances.shape[0]
-    labels = cluster_units(distances, H - n_prune)
-    pruned = []
-    for cluster in range(H - n_prune):
-        members = np.flatnonzero(labels == cluster)
-        keep = members[np.argmax(importance[members])]
-        pruned.extend(int(m) for m in members if m != keep)
-    return np.array(sorted(pruned), dtype=np.int64)
+    """The dynamics-greedy rule with a weight beta on redundancy: each time, the kept unit with the
+    smallest importance x (distance to its nearest kept unit)^beta goes. That order is the library
+    rule's on importance^(1/beta) (a monotone transform of each score); beta = 1 is the rule itself."""
+    return np.sort(greedy_removal_order(distances, importance ** (1.0 / beta), n_prune).units)
 
 
 def _cosine_distances(vectors: np.ndarray) -> np.ndarray:
