@@ -41,6 +41,7 @@ def env(samples, jobs_home, tmp_path, monkeypatch):
     monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
     monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
+    monkeypatch.setenv("DYNAPRUNE_REFERENCE_DIR", str(tmp_path / "reference-runs"))  # none unless a test adds some
     return tmp_path
 
 
@@ -324,6 +325,26 @@ def test_compare_separates_corpora_and_never_preselects_a_dry_run(env):
     assert [str(v) for v in app.multiselect(key="compare_runs_ptb").value] == [str(env / "runs" / "c-ptb")]
     names = " ".join(trace.get("name", "") for trace in chart(app, "compare_curves")["data"])
     assert "c-ptb" in names and "b-real" not in names
+
+
+def test_compare_shows_the_reference_runs_offline_headline_rows_first(env):
+    from analysis.reference_runs import export_reference_run
+
+    for row in ("dynamics-greedy-50", "magnitude-50", "dynamics-greedy-30"):
+        write_pipeline(env / "made" / f"{row}_seed-0")
+        export_reference_run(env / "made" / f"{row}_seed-0", env / "reference-runs" / "synthetic", row=row, seed=0,
+                             command="dynaprune prune ...")
+    app = open_page("views/compare.py")
+    assert not app.exception, [e.value for e in app.exception]
+    runs = app.multiselect(key="compare_runs_synthetic:0")
+    assert sorted(runs.format_func(v) for v in runs.value) == ["reference: dynamics-greedy-50, seed 0",
+                                                                "reference: magnitude-50, seed 0"]
+    assert "reference: dynamics-greedy-30, seed 0" in runs.options
+    names = " ".join(trace.get("name", "") for trace in chart(app, "compare_curves")["data"])
+    assert "reference: magnitude-50" in names
+    tradeoff = chart(app, "compare_tradeoff")
+    assert {trace.get("name") for trace in tradeoff["data"]} >= {"frontier"}
+    assert len(app.get("download_button")) == 1  # the table; a reference run has no model to download
 
 
 def test_prune_and_compare_show_the_same_unpruned_full_split_perplexity(env, synthetic_sample):

@@ -96,10 +96,30 @@ def test_random_search_is_reproducible_and_reads_command_line_spellings():
     ({"sweep": {"sources": ["s"], "search": "random"}, "random": {"lr": [1]}}, "samples"),
     ({"sweep": {"sources": ["s"]}, "resources": {"cpu": 1}}, "resources"),
     ({"sweep": {"sources": ["s"]}, "tune": {}}, "unknown table"),
+    ({"sweep": {"sources": ["s"]}, "points": [{"ratio": 0.5}]}, "needs a name"),
+    ({"sweep": {"sources": ["s"]}, "points": [{"name": "../up", "ratio": 0.5}]}, "needs a name"),
+    ({"sweep": {"sources": ["s"]}, "points": [{"name": "a"}, {"name": "a"}]}, "twice"),
+    ({"sweep": {"sources": ["s"]}, "points": [{"name": "a", "seed": 3}]}, "seeds"),
+    ({"sweep": {"sources": ["s"]}, "points": [{"name": "a", "lr_rate": 3}]}, "not a prune option"),
+    ({"sweep": {"sources": ["s"]}, "points": {"name": "a"}}, "table"),
 ])
 def test_bad_specs_are_refused_with_a_reason(data, words):
     with pytest.raises(InvalidInputError, match=words):
         parse_spec(data)
+
+
+def test_named_points_run_beside_the_grid_with_their_own_options_over_the_fixed_ones():
+    spec = parse_spec({"sweep": {"sources": ["s"], "seeds": [0, 1]}, "fixed": {"stages": 2, "ratio": 0.5},
+                       "grid": {"criterion": ["magnitude"]},
+                       "points": [{"name": "control-0", "ratio": 0.0}, {"name": "one-shot", "stages": 1}]})
+    trials = {t.name: t for t in spec.trials()}
+    assert list(trials) == ["criterion-magnitude_seed-0", "criterion-magnitude_seed-1", "control-0_seed-0",
+                            "control-0_seed-1", "one-shot_seed-0", "one-shot_seed-1"]
+    assert (trials["control-0_seed-1"].config.ratio, trials["control-0_seed-1"].config.stages) == (0.0, 2)
+    assert (trials["one-shot_seed-0"].config.ratio, trials["one-shot_seed-0"].config.stages) == (0.5, 1)
+    only_points = parse_spec({"sweep": {"sources": ["s"]}, "points": [{"name": "p", "criterion": "random"}]})
+    assert [t.name for t in only_points.trials()] == ["p_seed-0"]
+    assert [t.name for t in parse_spec({"sweep": {"sources": ["s"]}}).trials()] == ["seed-0"]  # defaults only
 
 
 def test_a_grid_point_with_a_bad_value_is_a_failed_trial_not_a_refused_sweep():
@@ -218,21 +238,6 @@ def test_ray_sweep_on_a_local_instance(tmp_path, synthetic_sample, ray_env):
 def test_table_of_an_empty_sweep_reads_back_with_every_column(tmp_path):
     frame = write_table(tmp_path)
     assert frame.empty and list(read_sweep_table(tmp_path).columns) == list(frame.columns)
-
-
-@pytest.mark.slow
-def test_results_script_runs_its_rows_through_the_sweep_runner(tmp_path, synthetic_sample, monkeypatch):
-    from tests.test_results_document import load_results_module
-
-    results = load_results_module()
-    monkeypatch.setattr(results, "ROWS", [results.Row("magnitude-30", "magnitude", 0.3),
-                                          results.Row("bad-50", "magnitude", 0.5, flags=("--lds-order", "0"))])
-    args = results.main_parser().parse_args(["--quick", "--work-dir", str(tmp_path), "--workers", "2"])
-    args.work_dir = tmp_path
-    assert results.run_corpus("synthetic", synthetic_sample, args) == 0
-    assert results.finished(tmp_path / "synthetic" / "magnitude-30-seed0")
-    assert not results.finished(tmp_path / "synthetic" / "bad-50-seed0")  # failed, reported, the other finished
-    assert "lds_order" in (tmp_path / "logs" / "synthetic" / "bad-50-seed0.txt").read_text()
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,8 +103,11 @@ def read_records(out_dir: str | Path) -> dict[str, dict]:
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, backend: str | None = None, address: str | None = None,
               max_parallel: int | None = None, device: str | None = None, retry_failed: bool = False,
-              num_cpus: int | None = None, log: Callable[[str], None] = print) -> SweepResult:
-    """Run every unfinished trial of `spec` into `out_dir` and write the results table."""
+              num_cpus: int | None = None, log: Callable[[str], None] = print, skip: Collection[str] = (),
+              on_trial_end: Callable[[dict], None] | None = None) -> SweepResult:
+    """Run every unfinished trial of `spec` into `out_dir` and write the results table. Trials named in
+    `skip` are left out (their results are kept elsewhere); `on_trial_end(record)` is called as each
+    trial that ran ends, and for each one found already finished."""
     from analysis.sweeps.table import write_table
 
     backend = backend or default_backend()
@@ -130,6 +133,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, backend: str | None = Non
             shown["command"] = shown_command(trial.argv(_relative(trial_dir)))
         info[trial.name] = shown
         previous = records.get(trial.name)
+        if trial.name in skip:
+            skipped.append(trial.name)
+            continue
         if previous is not None and (previous.get("status") in DONE_STATES
                                      or (previous.get("status") == FAILED and not retry_failed)):
             skipped.append(trial.name)
@@ -140,8 +146,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, backend: str | None = Non
             log(f"[sweep] {trial.name}: failed: invalid options: {trial.error}")
             continue
         if previous is None and run_summary(trial_dir)["final"] is not None:
-            _save(out, {**shown, "status": SUCCEEDED, "exit_code": 0, "summary": run_summary(trial_dir)})
+            record = {**shown, "status": SUCCEEDED, "exit_code": 0, "summary": run_summary(trial_dir)}
+            _save(out, record)
             skipped.append(trial.name)
+            if on_trial_end is not None:
+                on_trial_end(record)
             continue
         tasks.append(trial_task(trial.name, trial_argv(trial, trial_dir, spec, device), trial_dir,
                                 out / LOGS_DIR / f"{trial.name}.txt", asdict(spec.early_stop), out / TRIALS_DIR))
@@ -158,6 +167,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, backend: str | None = Non
             f"{record.get('wall_s', 0):.1f} s on {where}){message}")
         if record["status"] == FAILED and record.get("log_tail"):
             log("    " + record["log_tail"].replace("\n", "\n    "))
+        if on_trial_end is not None:
+            on_trial_end(record)
 
     interrupted = run_trials(tasks, finish, backend=backend, address=address, max_parallel=max_parallel,
                              num_cpus=num_cpus, resources=spec.resources)

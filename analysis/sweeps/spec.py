@@ -19,6 +19,10 @@
     da_l2 = { low = 1e-6, high = 1e-3, log = true }
     epochs_per_stage = { low = 1, high = 3 }      # integers when both ends are
 
+    [[points]]                                    # named points, run besides the search's (optional):
+    name = "control-0"                            # the trial's name (with "_seed-K" added)
+    ratio = 0.0                                   # the PipelineConfig fields it sets, over [fixed]
+
     [resources]                                   # per trial
     cpus = 1                                      # CPUs Ray reserves (and torch threads, unless `threads`)
     gpus = 0                                      # GPUs Ray reserves; > 0 runs the trial with --device cuda
@@ -51,7 +55,8 @@ from typing import Any
 from analysis.errors import DynapruneError, InvalidInputError
 
 SEARCHES = ("grid", "random")
-SECTIONS = {"sweep", "fixed", "grid", "random", "resources", "early_stop"}
+SECTIONS = {"sweep", "fixed", "grid", "random", "points", "resources", "early_stop"}
+POINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.=+-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +112,15 @@ class SweepSpec:
     search_seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Any] = field(default_factory=dict)
+    named_points: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     path: Path | None = None
 
     def points(self) -> list[dict[str, Any]]:
-        """The searched values of each point, in a fixed order."""
+        """The searched values of each point, in a fixed order (none when the spec only names points)."""
+        if not self.space:
+            return [] if self.named_points else [{}]
         if self.search == "grid":
             names = list(self.space)
             return [dict(zip(names, values)) for values in itertools.product(*(self.space[n] for n in names))]
@@ -125,13 +133,15 @@ class SweepSpec:
         from analysis.pruning.config import PipelineConfig
 
         trials, seen = [], set()
+        points = [(None, point) for point in self.points()] + list(self.named_points.items())
         for source in self.sources:
-            for point in self.points():
+            for label, point in points:
                 for seed in self.seeds:
-                    varied = {**({"source": Path(source).name} if len(self.sources) > 1 else {}), **point,
-                              "seed": seed}
+                    source_part = {"source": Path(source).name} if len(self.sources) > 1 else {}
+                    varied = {**source_part, **point, "seed": seed}
                     options = {**self.fixed, **point, "seed": seed}
-                    name = trial_name(varied)
+                    name = trial_name(varied) if label is None else trial_name(
+                        {**source_part, "seed": seed}, prefix=label)
                     if name in seen:
                         continue  # a random search drew the same point twice
                     seen.add(name)
@@ -144,9 +154,10 @@ class SweepSpec:
         return trials
 
 
-def trial_name(varied: dict[str, Any]) -> str:
-    """A folder name from the values that vary: "criterion-magnitude_ratio-0.5_seed-0"."""
-    parts = []
+def trial_name(varied: dict[str, Any], prefix: str | None = None) -> str:
+    """A folder name from the values that vary: "criterion-magnitude_ratio-0.5_seed-0"; a named point's
+    name comes first instead of its values: "control-0_seed-0"."""
+    parts = [prefix] if prefix else []
     for key, value in varied.items():
         if isinstance(value, dict):
             value = "+".join(f"{k}={v}" for k, v in value.items())
@@ -235,7 +246,8 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
             else:
                 raise InvalidInputError(f"[random] {name}: give a list of values or {{low = A, high = B, log = "
                                         f"true|false}} with A <= B (A > 0 with log)")
-    if "seed" in space or "seed" in fixed:
+    named_points = _named_points(data.get("points", []))
+    if "seed" in space or "seed" in fixed or any("seed" in point for point in named_points.values()):
         raise InvalidInputError("give seeds in [sweep] seeds, not as a searched or fixed option")
     overlap = set(space) & set(fixed)
     if overlap:
@@ -250,8 +262,25 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
     if early_stop.margin < 0 or early_stop.min_trials < 1:
         raise InvalidInputError(f"[early_stop]: margin must be >= 0 and min_trials >= 1; got {early_stop}")
     return SweepSpec(sources=list(sources), seeds=list(seeds), search=search, samples=samples,
-                     search_seed=search_seed, fixed=fixed, space=space, resources=resources, early_stop=early_stop,
-                     path=path)
+                     search_seed=search_seed, fixed=fixed, space=space, named_points=named_points,
+                     resources=resources, early_stop=early_stop, path=path)
+
+
+def _named_points(entries) -> dict[str, dict[str, Any]]:
+    """The [[points]] tables: {name: options}, in the spec's order; names unique and usable as folder names."""
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise InvalidInputError("[[points]]: give each point as a table with a name and its options")
+    points: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        options = dict(entry)
+        name = options.pop("name", None)
+        if not isinstance(name, str) or not POINT_NAME.fullmatch(name):
+            raise InvalidInputError(f"[[points]]: each point needs a name of letters, digits and . = + - "
+                                    f"(at most 100), got {name!r}")
+        if name in points:
+            raise InvalidInputError(f"[[points]]: the name {name!r} is given twice")
+        points[name] = {key: _option_value(key, value, f"[[points]] {name}") for key, value in options.items()}
+    return points
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -1,13 +1,16 @@
 """Compare page: validation perplexity across the stages of pruning pipelines and across training
 runs on one corpus at a time, with the zero-shot drop at each cut, the unpruned baseline and (for
 the synthetic language) the oracle; a results table to download with each run's settings, the
-trade-off between size and perplexity, and the pruned models themselves."""
+trade-off between size and perplexity, and the pruned models themselves. The reference runs behind
+docs/results.md (shipped without weights, analysis.reference_runs) are offered beside one's own, so
+the evidence is on screen offline."""
 from pathlib import Path
 
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis.reference_runs import HEADLINE_ROWS, find_reference_runs, read_reference
 from analysis.run_curves import (
     TRADEOFF_GROUPS,
     lower_envelope,
@@ -25,7 +28,9 @@ from app import common
 
 st.title("Compare")
 
-candidates = [str(p) for p in common.list_samples()] + [str(p) for p in find_runs(common.runs_dir())]
+references = {str(p): read_reference(p) for p in find_reference_runs()}
+candidates = ([str(p) for p in common.list_samples()] + [str(p) for p in find_runs(common.runs_dir())]
+              + list(references))
 if not candidates:
     st.info(f"No runs yet in {common.runs_dir()}. Start one on the Fine-tune page.")
     st.stop()
@@ -38,6 +43,9 @@ def corpus_label(corpus) -> str:
 
 
 def run_label(run: str) -> str:
+    if run in references:
+        return f"reference: {references[run]['row']}, seed {references[run]['seed']}" + (
+            " (dry run)" if described[run]["dry_run"] else "")
     return common.display_name(run) + (" (dry run)" if described[run]["dry_run"] else "")
 
 
@@ -54,7 +62,11 @@ corpus = st.selectbox("Corpus", corpora, index=corpora.index(next(c for c in pre
                       key="compare_corpus", help="Runs are compared on one corpus at a time.")
 on_corpus = [c for c in candidates if corpus_of[c] == corpus]
 # an explicit choice (the Fine-tune page's Compare button) is kept; otherwise a dry run is never preselected
-default = ([c for c in wanted if c in on_corpus] or [c for c in real_pipelines if c in on_corpus][:1]
+# then one's own latest pipeline, else the reference runs' headline rows (the evidence, offline)
+own_pipelines = [c for c in real_pipelines if c in on_corpus and c not in references]
+headline = [c for c in on_corpus if c in references and references[c]["row"] in HEADLINE_ROWS
+            and references[c]["seed"] == 0 and not described[c]["dry_run"]]
+default = ([c for c in wanted if c in on_corpus] or own_pipelines[:1] or headline
            or [c for c in on_corpus if not described[c]["dry_run"]][:1])
 chosen = st.multiselect("Runs", on_corpus, default=default, format_func=run_label, key=f"compare_runs_{corpus}")
 if not chosen:
