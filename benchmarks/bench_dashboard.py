@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.dynamics.criteria import CRITERIA
+from analysis.dynamics.criteria import TRAJECTORY_CRITERIA
 from analysis.dynamics.distances import dynamics_distances
 from analysis.dynamics.lds import fit_layer
 from analysis.dynamics.selection import final_norm_importance, select_units
@@ -80,7 +80,7 @@ def bench_selection(H: int, repeats: int) -> None:
         unit_status(H, layer_plan.pruned)
         plan_footprint(config, plan)
 
-    for criterion in CRITERIA:
+    for criterion in TRAJECTORY_CRITERIA:
         slider_move(criterion)  # warm-up
         seconds = median_seconds(functools.partial(slider_move, criterion), repeats)
         print(f"selection after a slider move, 2 layers x H={H}, {criterion:15s}: {seconds * 1e3:7.1f} ms "

@@ -368,3 +368,33 @@ def test_a_run_stored_with_the_old_distillation_names_resumes(tmp_path, source_r
     assert spy.calls == []
     with pytest.raises(CheckpointError, match="distill_alpha 0.3 -> 0.5"):
         prune(source_run, out, corpus, **{**options, "distill_alpha": 0.5})
+
+
+@pytest.mark.slow  # trains a source model and runs the pipeline
+@pytest.mark.parametrize("criterion", ["taylor", "dynamics-taylor"])
+def test_the_taylor_criteria_read_the_teachers_taylor_importances(tmp_path, source_run, corpus, criterion):
+    from analysis.dynamics.selection import select_units
+    from analysis.dynamics.trajectory_fit import fit_trajectory
+    from analysis.pruning.importance import unit_importances
+    from analysis.pruning.stages import choose_units
+    from analysis.trajectories.trajectory import load_trajectory
+
+    out = tmp_path / "prune"
+    prune(source_run, out, corpus, ratio=0.5, stages=1, epochs_per_stage=1, dry_run=True, criterion=criterion)
+    plan_file = json.loads((out / "stage_1" / "plan.json").read_text())
+    kept = {layer["layer"]: layer["kept"] for layer in plan_file["layers"]}
+    teacher, _ = load_model(source_run / "best.pt")
+    taylor = unit_importances(teacher, corpus.train, max_batches=2)  # a dry run's calibration batches
+    if criterion == "taylor":  # the strongest units by Taylor importance stay
+        expected = {layer: sorted(np.argsort(scores, kind="stable")[len(scores) - len(kept[layer]):].tolist())
+                    for layer, scores in taylor.items()}
+    else:  # the greedy dynamics rule, with Taylor importances in place of final norms
+        trajectory = load_trajectory(source_run / "trajectory")
+        fits = fit_trajectory(trajectory, order=min(8, len(trajectory) - 1))
+        plan = select_units({layer: fit.distances for layer, fit in fits.items()}, ratio=0.5,
+                            criterion="dynamics-greedy", importance=taylor, seed=1)
+        expected = {layer: units.tolist() for layer, units in plan.kept.items()}
+    assert kept == expected
+    with pytest.raises(InvalidInputError, match="calibration tokens"):
+        choose_units(teacher, source_run / "trajectory", {k: len(v) for k, v in kept.items()},
+                     PipelineConfig(ratio=0.5, stages=1, criterion=criterion, dry_run=True), 1)

@@ -170,3 +170,14 @@ def test_kept_and_pruned_are_per_layer_mappings_for_one_layer_as_for_many():
     many = select_units({"a": D, "b": D}, 0.5, criterion="dynamics")
     assert list(many.kept) == list(many.pruned) == ["a", "b"]
     assert many.kept["a"].tolist() == one.kept[""].tolist() == one.layers[""].kept.tolist()
+
+
+def test_the_live_preview_offers_only_the_criteria_that_read_the_trajectory():
+    from analysis.dynamics.criteria import FINAL_NORM, TRAJECTORY_CRITERIA
+    from analysis.pruning.pruner import RNNPruner
+
+    assert {"taylor", "dynamics-taylor"} <= set(CRITERIA) and not {"taylor", "dynamics-taylor"} & set(
+        TRAJECTORY_CRITERIA)
+    assert all(CRITERIA[name].importance_source == FINAL_NORM for name in TRAJECTORY_CRITERIA)
+    with pytest.raises(InvalidInputError, match="dynaprune prune"):
+        RNNPruner(torch.nn.LSTM(4, 6), torch.zeros(3, 1, 4), "unused", ratio=0.5, criterion="taylor")

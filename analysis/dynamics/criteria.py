@@ -3,6 +3,11 @@
 `analysis.dynamics.selection.select_units` validates the inputs and applies a criterion per layer.
 
     CRITERIA["dynamics-greedy"].choose_pruned(50, D, final_norms, rng)
+
+Each criterion says which importance it reads (`importance_source`): FINAL_NORM, the norm of each
+unit's final weight vector (from the trajectory alone), or TAYLOR, the first-order Taylor importance
+of METHOD section 7 measured on a few training batches (analysis.pruning.importance), which needs the
+model and its corpus: the pruning pipeline measures it; a caller of select_units passes it.
 """
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ from scipy.spatial.distance import squareform
 from analysis.errors import InvalidInputError
 
 DEFAULT_CRITERION = "dynamics-greedy"
+FINAL_NORM, TAYLOR = "final-norm", "taylor"  # the importances a criterion can read
 
 
 class SelectionCriterion(Protocol):
     name: str
     needs_distances: bool
     needs_importance: bool
+    importance_source: str
 
     def choose_pruned(self, n_prune: int, distances: np.ndarray | None, importance: np.ndarray | None,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
@@ -36,6 +43,7 @@ class DynamicsRedundancy:
     name = "dynamics"
     needs_distances = True
     needs_importance = False
+    importance_source = FINAL_NORM
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0]
         labels = cluster_units(distances, H - n_prune)
@@ -64,6 +72,7 @@ class GreedyDynamicsRedundancy:
     name = "dynamics-greedy"
     needs_distances = True
     needs_importance = True
+    importance_source = FINAL_NORM
     def choose_pruned(self, n_prune, distances, importance, rng):
         removal = greedy_removal_order(distances, importance, n_prune)
         return np.sort(removal.units).astype(np.int64), None
@@ -113,6 +122,7 @@ class MagnitudeCriterion:
     name = "magnitude"
     needs_distances = False
     needs_importance = True
+    importance_source = FINAL_NORM
 
     def choose_pruned(self, n_prune, distances, importance, rng):
         order = np.argsort(importance, kind="stable")
@@ -125,14 +135,33 @@ class RandomCriterion:
     name = "random"
     needs_distances = False
     needs_importance = False
+    importance_source = FINAL_NORM  # not read
 
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0] if distances is not None else importance.shape[0]
         return np.sort(rng.choice(H, size=n_prune, replace=False)).astype(np.int64), None
 
 
+class GreedyDynamicsTaylor(GreedyDynamicsRedundancy):
+    """The greedy dynamics rule with the Taylor importance of each unit (measured on training batches
+    by the pruning pipeline) in place of its final weight norm (docs/criteria.md)."""
+
+    name = "dynamics-taylor"
+    importance_source = TAYLOR
+
+
+class TaylorCriterion(MagnitudeCriterion):
+    """Prune the R units with the smallest Taylor importance (no dynamics; a reference point)."""
+
+    name = "taylor"
+    importance_source = TAYLOR
+
+
 CRITERIA: dict[str, SelectionCriterion] = {
-    c.name: c for c in (GreedyDynamicsRedundancy(), DynamicsRedundancy(), MagnitudeCriterion(), RandomCriterion())}
+    c.name: c for c in (GreedyDynamicsRedundancy(), DynamicsRedundancy(), MagnitudeCriterion(), RandomCriterion(),
+                        GreedyDynamicsTaylor(), TaylorCriterion())}
+# what the dashboard's live preview can apply: the criteria that read the trajectory alone
+TRAJECTORY_CRITERIA = [name for name, criterion in CRITERIA.items() if criterion.importance_source == FINAL_NORM]
 
 
 def cluster_units(distances: np.ndarray, n_clusters: int) -> np.ndarray:

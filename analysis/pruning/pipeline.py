@@ -227,7 +227,7 @@ class _Pipeline:
         if plan_path.is_file():  # chosen before an interruption: reuse it, so the student is the same
             plan = PruningPlan.from_dict(read_json_object(plan_path, "the stage's pruning plan", READ_REMEDY))
         else:
-            plan = choose_units(teacher, trajectory_dir, target, config, stage)
+            plan = choose_units(teacher, trajectory_dir, target, config, stage, calibration_tokens=self.corpus.train)
             atomic_write_json(plan_path, {**plan.to_dict(), "stage": stage, **self._stage_ratio(stage)})
         student = prune_units(teacher, plan)
         if self._find("stage_start", stage) is None:

@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis.dynamics.selection import CRITERIA, select_units
+from analysis.dynamics.criteria import TRAJECTORY_CRITERIA
+from analysis.dynamics.selection import select_units
 from analysis.errors import InvalidInputError
 from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT, evaluate, perplexity
 from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
@@ -238,13 +239,15 @@ def zero_shot_curve(model: RNNLanguageModel, distances: Mapping[str, np.ndarray 
                     seed: int = 0) -> pd.DataFrame:
     """Zero-shot perplexity against a global pruning ratio for each criterion.
 
-    distances and importance are per layer (layer name -> array), as for select_units. Ratio 0 is
-    the unpruned model and is evaluated once. Columns: criterion, ratio, perplexity, params_total.
+    distances and importance are per layer (layer name -> array), as for select_units; `importance`
+    is the final weight norms, so only the criteria that read those are offered (TRAJECTORY_CRITERIA,
+    the default). Ratio 0 is the unpruned model and is evaluated once. Columns: criterion, ratio,
+    perplexity, params_total.
     """
-    criteria = list(CRITERIA) if criteria is None else list(criteria)
-    unknown = [c for c in criteria if c not in CRITERIA]
+    criteria = list(TRAJECTORY_CRITERIA) if criteria is None else list(criteria)
+    unknown = [c for c in criteria if c not in TRAJECTORY_CRITERIA]
     if unknown:
-        raise InvalidInputError(f"unknown criteria {unknown}; choose from {sorted(CRITERIA)}")
+        raise InvalidInputError(f"criteria {unknown} are not offered here; choose from {sorted(TRAJECTORY_CRITERIA)}")
     if not ratios:
         raise InvalidInputError("give at least one ratio")
     baseline = None

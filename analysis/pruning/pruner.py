@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION, TRAJECTORY_CRITERIA
 from analysis.dynamics.lds import DEFAULT_ORDER
 from analysis.dynamics.selection import final_norm_importance, select_units, units_to_prune
 from analysis.dynamics.trajectory_fit import fit_trajectory
@@ -80,8 +80,10 @@ class RNNPruner:
             raise InvalidInputError(f"ratio must be in [0, 1), got {ratio!r}")
         if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
             raise InvalidInputError(f"stages must be a positive integer, got {stages!r}")
-        if criterion not in CRITERIA:
-            raise InvalidInputError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
+        if criterion not in TRAJECTORY_CRITERIA:
+            raise InvalidInputError(f"criterion {criterion!r} is not offered here; choose one of "
+                                    f"{sorted(TRAJECTORY_CRITERIA)} (the Taylor criteria measure importances on "
+                                    f"training batches: `dynaprune prune` runs them)")
         if not math.isfinite(lam) or lam < 0:
             raise InvalidInputError(f"lam must be a finite number >= 0, got {lam!r}")
         self.example_inputs = example_inputs

@@ -10,12 +10,13 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from analysis.dynamics.criteria import CRITERIA
+from analysis.dynamics.criteria import CRITERIA, TAYLOR
 from analysis.dynamics.selection import PruningPlan, final_norm_importance, select_units
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.lm.model import RNNLanguageModel
 from analysis.lm.training_config import TrainConfig, steps_per_epoch
 from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
+from analysis.pruning.importance import unit_importances
 from analysis.runs import TRAJECTORY_DIR
 
 
@@ -41,8 +42,9 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
 
 
 def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
-                 config: PipelineConfig, stage: int) -> PruningPlan:
-    """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer)."""
+                 config: PipelineConfig, stage: int, calibration_tokens=None) -> PruningPlan:
+    """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer).
+    A criterion that reads Taylor importances measures them on `calibration_tokens` (the training split)."""
     from analysis.trajectories.trajectory import load_trajectory
 
     criterion = CRITERIA[config.criterion]
@@ -57,11 +59,19 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
     elif criterion.needs_distances:
         raise InvalidInputError(f"the {config.criterion} criterion needs the trajectory the model's weights followed "
                                 f"in training; start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
+    taylor = None
+    if criterion.importance_source == TAYLOR:
+        if calibration_tokens is None:
+            raise InvalidInputError(f"the {config.criterion} criterion measures unit importances on training batches; "
+                                    f"give the calibration tokens")
+        batches = DRY_RUN_LIMITS["calibration_batches"] if config.dry_run else config.calibration_batches
+        taylor = unit_importances(teacher, calibration_tokens, max_batches=batches)
     distances, importance, ratio = {}, {}, {}
     for layer in kept_target:
         ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
         # no trajectory: the model's own unit weight vectors are the final ones
-        importance[layer] = final_norm_importance(trajectory if trajectory is not None else teacher, layer)
+        importance[layer] = (taylor[layer] if taylor is not None
+                             else final_norm_importance(trajectory if trajectory is not None else teacher, layer))
         distances[layer] = None
         if criterion.needs_distances and ratio[layer] > 0:
             from analysis.dynamics.distances import dynamics_distances
