@@ -65,7 +65,9 @@ VARIANTS = {"control-0": "no pruning, the same fine-tuning (control)",
             "da-l2-1e-3-50": "DA-L2 lambda 1e-3"}
 ABLATIONS = ("dynamics-50", "one-shot-50", "no-distillation-50", "plain-l2-50", "no-regularization-50",
              "da-l2-1e-4-50", "da-l2-1e-3-50")
-DOCUMENT_ORDER = ([f"{c}-{r}" for r in RATIOS for c in COMPARED] + ["control-0"] + list(ABLATIONS))
+OTHER_CRITERIA = ("dynamics-taylor-50", "taylor-50")  # the Taylor-importance criteria, full method at 50%
+DOCUMENT_ORDER = ([f"{c}-{r}" for r in RATIOS for c in COMPARED] + ["control-0"] + list(OTHER_CRITERIA)
+                  + list(ABLATIONS))
 
 
 def row_of(trial_name: str) -> tuple[str, int]:
@@ -239,6 +241,10 @@ def goal_lines(results: dict, base_test: float | None) -> list[str]:
                       else "; the seed ranges overlap, so the order is not established")
         lines.append(f"- {ratio}%: {MAIN} {ours:.2f}, magnitude {others['magnitude']:.2f}, random "
                      f"{others['random']:.2f} test perplexity: {MAIN} {words}.")
+    others = [f"{name.rsplit('-', 1)[0]} {tests[name]:.2f}" for name in OTHER_CRITERIA if name in tests]
+    if others and "magnitude-50" in tests:
+        lines.append(f"- other criteria at 50%: {', '.join(others)} test perplexity, against {MAIN} {full:.2f} and "
+                     f"magnitude {tests['magnitude-50']:.2f}.")
     for name in ABLATIONS:
         if name in tests:
             verdict = "better" if tests[name] < full else "worse" if tests[name] > full else "the same"

@@ -347,6 +347,32 @@ def test_compare_shows_the_reference_runs_offline_headline_rows_first(env):
     assert len(app.get("download_button")) == 1  # the table; a reference run has no model to download
 
 
+def test_compare_plots_a_sweeps_table_per_criterion_with_its_frontier(env):
+    from analysis.sweeps.table import write_table
+
+    sweep = env / "runs" / "sweep-a"
+    (sweep / "records").mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    trials = [("magnitude", 0.3, 1500, 70.0, "succeeded"), ("magnitude", 0.5, 1200, 75.0, "succeeded"),
+              ("dynamics-greedy", 0.5, 1200, 72.0, "succeeded"), ("random", 0.5, None, None, "failed")]
+    for criterion, ratio, params, test, status in trials:
+        name = f"criterion-{criterion}_ratio-{ratio}_seed-0"
+        final = {"params_total": params, "test_ppl": test, "val_ppl": test and test + 1} if params else None
+        (sweep / "records" / f"{name}.json").write_text(json.dumps({
+            "name": name, "status": status, "source": "s", "command": f"dynaprune prune --criterion {criterion}",
+            "options": {"criterion": criterion, "ratio": ratio, "seed": 0}, "summary": {"final": final}}))
+    write_table(sweep)
+    write_pipeline(env / "runs" / "b-real")  # the page's run sections need one run
+    app = open_page("views/compare.py")
+    assert not app.exception, [e.value for e in app.exception]
+    figure = chart(app, "compare_sweep_tradeoff")
+    by_name = {trace.get("name"): trace for trace in figure["data"]}
+    assert set(by_name) == {"magnitude", "dynamics-greedy", "frontier"}  # the failed trial has no point
+    assert values(by_name["frontier"]["y"]) == [72.0, 70.0]
+    table = app.dataframe[-1].value
+    assert list(table["status"]).count("failed") == 1 and "command" in table.columns
+
+
 def test_prune_and_compare_show_the_same_unpruned_full_split_perplexity(env, synthetic_sample):
     events = [json.loads(line) for line in (synthetic_sample / "metrics.jsonl").read_text().splitlines()]
     recorded = f"{min(e['val_ppl'] for e in events if e.get('event') == 'epoch'):.2f}"

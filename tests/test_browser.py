@@ -194,3 +194,34 @@ def test_fine_tune_in_the_background_then_compare(server, page):
     download.wait_for(timeout=PAGE_S * 1000)  # below the table, drawn after it
     assert download.count() == 1
     screenshot(page, "compare")
+
+
+def test_reference_results_offline_with_one_unpruned_perplexity(server, page):
+    """The runs behind docs/results.md come with the project: Compare shows them without any run of
+    one's own, their unpruned baseline is the number the Prune page shows, and the trade-off view
+    draws them against the unpruned model and the control."""
+    from analysis.reference_runs import find_reference_runs
+
+    if not find_reference_runs(corpus="synthetic"):
+        pytest.skip("no reference runs in docs/reference-runs/synthetic (python benchmarks/results.py writes them)")
+    page.goto(server["url"])
+    settle(page)
+    open_page(page, "Prune")
+    unpruned = metric_value(page, "Unpruned validation perplexity (full split)")
+    open_page(page, "Compare")
+    curves = page.locator(".js-plotly-plot").first
+    curves.wait_for()
+    assert "reference: dynamics-greedy-50" in curves.inner_text()
+    assert f"baseline {unpruned}" in curves.inner_text()
+    tradeoff = page.locator(".js-plotly-plot").nth(1)
+    tradeoff.wait_for()
+    assert "frontier" in tradeoff.inner_text() and "control" in tradeoff.inner_text()
+    screenshot(page, "compare-reference")
+    if find_reference_runs(corpus="ptb"):  # the PTB evidence, the same way
+        page.get_by_label("Corpus").click()
+        page.get_by_role("option", name="Penn Treebank").click()
+        settle(page)
+        curves = page.locator(".js-plotly-plot").first
+        curves.wait_for()
+        assert "reference: magnitude-50" in curves.inner_text()
+        screenshot(page, "compare-reference-ptb")

@@ -3,6 +3,8 @@
     table = sweep_table("runs/sweep-sample")        # from the trial records
     write_table("runs/sweep-sample")                # results.csv and results.md in the sweep folder
     frame = read_sweep_table("runs/sweep-sample")   # or the path of results.csv: a pandas DataFrame
+    find_sweeps("runs")                             # the sweep folders directly under a folder
+    sweep_tradeoff(frame)                           # perplexity against parameters, one point per trial
 
 Columns: trial, status, source, criterion, ratio, seed, settings (the other options, "name=value; ..."),
 params_total, params_recurrent, zero_shot_val_ppl (after each cut, " / " between stages), val_ppl,
@@ -100,3 +102,25 @@ def read_sweep_table(path: str | Path) -> pd.DataFrame:
         if column not in frame:
             frame[column] = None
     return _typed(frame[COLUMNS])
+
+
+def find_sweeps(root: str | Path) -> list[Path]:
+    """Sweep folders (a sweep.json and a results table) directly under `root`, by name."""
+    from analysis.sweeps.runner import SWEEP_FILE
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and (p / SWEEP_FILE).is_file() and (p / CSV_FILE).is_file())
+
+
+def sweep_tradeoff(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trade-off of a sweep's table: a point per succeeded trial with both numbers, columns
+    trial, criterion, ratio, seed, parameters, valid ppl, test ppl (the names the Compare page's
+    run trade-off uses, so analysis.run_curves.lower_envelope draws its frontier), by parameters."""
+    done = frame[(frame["status"] == "succeeded") & frame["params_total"].notna() & frame["test_ppl"].notna()]
+    points = done.rename(columns={"params_total": "parameters", "val_ppl": "valid ppl", "test_ppl": "test ppl"})
+    points = points.reindex(columns=["trial", "criterion", "ratio", "seed", "parameters", "valid ppl", "test ppl"])
+    points["parameters"] = points["parameters"].astype(float)
+    return points.sort_values(["parameters", "trial"], kind="stable").reset_index(drop=True)

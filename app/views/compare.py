@@ -24,6 +24,7 @@ from analysis.run_curves import (
     training_curve,
 )
 from analysis.runs import FINAL_MODEL_FILE, find_runs, read_run_metrics, run_kind
+from analysis.sweeps.table import find_sweeps, read_sweep_table, sweep_tradeoff
 from app import common
 
 st.title("Compare")
@@ -152,3 +153,34 @@ if finished:
                        key="compare_model")
     st.caption("A plain PyTorch checkpoint: load it with `analysis.lm.model.load_model` or "
                "`torch.load(path, weights_only=True)`.")
+
+sweeps = find_sweeps(common.runs_dir())
+if sweeps:
+    st.subheader("Sweeps")
+    sweep = st.selectbox("Sweep", sweeps, format_func=common.display_name, key="compare_sweep",
+                         help="A folder written by `dynaprune sweep` under the runs folder: its results table.")
+    table = read_sweep_table(sweep)
+    points = sweep_tradeoff(table)
+    if points.empty:
+        st.caption("No trial of this sweep has finished yet.")
+    else:
+        figure = px.scatter(points, x="parameters", y="test ppl", color="criterion", symbol="criterion",
+                            hover_data=["trial", "ratio", "seed", "valid ppl"], height=420,
+                            labels={"parameters": "parameters remaining", "test ppl": "test perplexity"})
+        figure.update_traces(marker={"size": 11})
+        frontier = lower_envelope(points, "test ppl")
+        figure.add_trace(go.Scatter(x=frontier["parameters"], y=frontier["test ppl"], mode="lines", line_shape="hv",
+                                    name="frontier", line={"color": "grey", "dash": "dot"}, hoverinfo="skip"))
+        figure.update_layout(margin={"t": 20, "b": 40})
+        st.plotly_chart(figure, key="compare_sweep_tradeoff")
+    counts = table["status"].value_counts().to_dict()
+    st.caption(f"{len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none ended yet'}); "
+               "each point is a trial's final model: its test perplexity against its parameters, coloured by "
+               "criterion; dotted: the frontier. The table has the command that reproduces each trial.")
+    shown = table.reindex(columns=["trial", "status", "criterion", "ratio", "seed", "params_total", "val_ppl",
+                                   "test_ppl", "command"]).rename(columns={
+        "params_total": "parameters", "val_ppl": "valid ppl", "test_ppl": "test ppl"})
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={
+        "parameters": st.column_config.NumberColumn(format="localized"),
+        "valid ppl": st.column_config.NumberColumn(format="%.2f"),
+        "test ppl": st.column_config.NumberColumn(format="%.2f")})
