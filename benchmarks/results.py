@@ -54,6 +54,7 @@ SCHEDULE_WORDS = {"cosine": "the rate annealed from half the source run's initia
                   "step": "the rate held at half the source run's initial rate, decayed after each epoch "
                           "(`--lr-schedule step`)"}
 GOAL_IMPROVEMENT = 0.0062  # the claim: perplexity at least 0.62% better than the unpruned model
+TIE = 0.001  # two criteria whose mean test perplexities differ by less than this fraction tie
 MAIN = DEFAULT_CRITERION  # the criterion the goal is about: dynaprune prune's default
 COMPARED = (MAIN, "magnitude", "random")
 RATIOS = (30, 50, 70)
@@ -233,8 +234,11 @@ def goal_lines(results: dict, base_test: float | None) -> list[str]:
         if ours is None or any(v is None for v in others.values()):
             lines.append(f"- {ratio}%: not all three criteria have finished.")
             continue
-        beaten = [c for c, v in others.items() if ours < v]
+        tied = [c for c, v in others.items() if abs(ours / v - 1) < TIE]
+        beaten = [c for c, v in others.items() if ours < v and c not in tied]
         words = ("beats both" if len(beaten) == 2 else f"beats only {beaten[0]}" if beaten else "beats neither")
+        if tied:
+            words += f" (within {TIE:.1%} of {' and '.join(tied)}: a tie)"
         clear = [c for c in others if spread[f"{MAIN}-{ratio}"][1] < spread[f"{c}-{ratio}"][0]]
         if spread[f"{MAIN}-{ratio}"][0] != spread[f"{MAIN}-{ratio}"][1]:
             words += (f"; over the seeds its worst run is better than every run of {' and '.join(clear)}" if clear
