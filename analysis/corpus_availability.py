@@ -4,6 +4,8 @@ before anything (a zero-shot preview, a fine-tuning job) tries to load it and fa
     problem = corpus_problem(info["data_source"])   # None when it can be loaded
     if problem:
         print(problem)   # "Penn Treebank is not on this machine: run `dynaprune download-ptb` ..."
+    if fetching_ptb_would_help(info["data_source"]):
+        download_ptb()   # (analysis.lm.download) into the per-user cache, where it is looked for
 
 Only Penn Treebank can be missing in practice: synthetic corpora are regenerated from their seed,
 and a text:<dir> corpus is the user's own folder. It is looked for where analysis.lm.corpora looks:
@@ -47,3 +49,13 @@ def corpus_problem(data_source: str | None, cache_dir: str | os.PathLike | None 
     if kind != "ptb" or ptb_directory(argument or None, cache_dir) is not None:
         return None
     return f"This model was trained on Penn Treebank, which is not on this machine: {GET_PTB}."
+
+
+def fetching_ptb_would_help(data_source: str | None, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether a verified copy of Penn Treebank in `cache_dir` (default: the per-user cache) would make
+    the corpus `data_source` names readable here: it is PTB, cannot be read now, and $DYNAPRUNE_PTB_DIR
+    (looked at before the cache) is unset."""
+    from analysis.lm.corpora import PTB_ENV_VAR
+
+    kind = str(data_source or "").partition(":")[0]
+    return kind == "ptb" and not os.environ.get(PTB_ENV_VAR) and corpus_problem(data_source, cache_dir) is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -51,6 +52,9 @@ RATIO_KEY = "prune_ratio"
 CRITERION_KEY = "prune_criterion"
 LAYER_RATIOS_KEY = "prune_layer_ratios"  # {layer: ratio} the Prune page previewed last
 SEED = 0
+SOURCE_PARAM = "source"  # the URL's query parameter naming the chosen trajectory (source_link_name)
+RUNS_LINK_PREFIX = "runs/"  # a link names a run as runs/<its path under the runs folder>, a sample by its name
+UPLOAD_SESSION_KEY = "upload_session"  # not a choice: reset_to_sample keeps it, so this session's uploads stay together
 
 
 # ----------------------------------------------------------------------------- locations
@@ -66,7 +70,7 @@ def runs_dir() -> Path:
 
 def uploads_dir() -> Path:
     """A folder for this browser session's uploads under the dynaprune home."""
-    session = st.session_state.setdefault("upload_session", uuid.uuid4().hex)
+    session = st.session_state.setdefault(UPLOAD_SESSION_KEY, uuid.uuid4().hex)
     return uploads_root() / session
 
 
@@ -140,19 +144,76 @@ def import_archive(name: str, data: bytes, folder: Path, max_unpacked_bytes: int
 
 
 def current_source() -> Path | None:
-    """The trajectory the pages show: the one chosen on the Data page, else the default sample."""
+    """The trajectory the pages show: the one chosen on the Data page or opened by a link, else the
+    default sample. The URL keeps naming it (?source=...), so the address can be handed out."""
     chosen = st.session_state.get(SOURCE_KEY)
     if chosen and Path(chosen).exists():
-        return Path(chosen)
-    samples = list_samples()
-    if samples:
-        st.session_state[SOURCE_KEY] = str(samples[0])
-        return samples[0]
-    return None
+        source = Path(chosen)
+    else:
+        samples = list_samples()
+        source = samples[0] if samples else None
+        if source is not None:
+            st.session_state[SOURCE_KEY] = str(source)
+    show_source_in_url(source)
+    return source
 
 
 def set_source(path: Path | str) -> None:
     st.session_state[SOURCE_KEY] = str(path)
+    show_source_in_url(Path(path))
+
+
+def source_link_name(path: Path | str) -> str | None:
+    """The trajectory as a link names it: a sample by its folder name, a run as runs/<its path under the
+    runs folder>; None for anything else (an upload belongs to its browser session). Never a server path."""
+    path = Path(path)
+    if path.parent == samples_dir():
+        return path.name
+    if path.is_relative_to(runs_dir()) and path != runs_dir():
+        return RUNS_LINK_PREFIX + path.relative_to(runs_dir()).as_posix()
+    return None
+
+
+def linked_source(name: str) -> Path | None:
+    """The sample or run a link's name stands for, looked up among those listed: the name itself never
+    becomes a path, so "../../etc" or an absolute path finds nothing and nothing is read."""
+    candidates = list_run_trajectories() if name.startswith(RUNS_LINK_PREFIX) else list_samples()
+    return next((path for path in candidates if source_link_name(path) == name), None)
+
+
+def show_source_in_url(source: Path | None) -> None:
+    name = source_link_name(source) if source is not None else None
+    if name is None:
+        st.query_params.pop(SOURCE_PARAM, None)
+    elif st.query_params.get(SOURCE_PARAM) != name:
+        st.query_params[SOURCE_PARAM] = name
+
+
+def follow_source_link() -> str | None:
+    """Choose the trajectory the URL names (?source=...) when it is not the chosen one already. Returns a
+    short notice when it names no sample or run here: the link is then ignored and the URL goes back to
+    naming the chosen trajectory."""
+    requested = st.query_params.get(SOURCE_PARAM)
+    chosen = st.session_state.get(SOURCE_KEY)
+    if requested is None or (chosen and requested == source_link_name(chosen)):
+        return None
+    linked = linked_source(requested)
+    if linked is not None:
+        set_source(linked)
+        return None
+    del st.query_params[SOURCE_PARAM]
+    shown = re.sub(r"[^\w./:-]", "", requested)[:60]  # echoed as code: no markdown, link or image from a URL
+    return f"The link's trajectory `{shown}` is neither an embedded sample nor a run here, so it was ignored."
+
+
+def reset_to_sample(keep: tuple[str, ...] = ()) -> None:
+    """Forget this session's choices (the trajectory, sliders, selections) and the URL's query parameters,
+    so that the pages show the default sample again; `keep`: session keys that are no choice (who sits at
+    this browser). No file is touched."""
+    for key in list(st.session_state.keys()):
+        if key != UPLOAD_SESSION_KEY and key not in keep:
+            del st.session_state[key]
+    st.query_params.clear()
 
 
 def signature(path: Path | str) -> float:

@@ -16,13 +16,23 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from analysis.errors import DynapruneError  # noqa: E402
-from app.common import clean_old_uploads, configure_threads, current_source, display_name  # noqa: E402
+from app import participant  # noqa: E402
+from app.common import (  # noqa: E402
+    clean_old_uploads,
+    configure_threads,
+    current_source,
+    display_name,
+    follow_source_link,
+    reset_to_sample,
+)
 
 st.set_page_config(page_title="dynaprune", page_icon="✂️", layout="wide")
 
+START = st.Page("views/start.py", title="Start here", icon=":material/home:", default=True)
 PAGES = {
+    "": [START],
     "Explore": [
-        st.Page("views/data.py", title="Data", icon=":material/folder_open:", default=True),
+        st.Page("views/data.py", title="Data", icon=":material/folder_open:"),
         st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
         st.Page("views/dynamics.py", title="Dynamics", icon=":material/hub:"),
     ],
@@ -40,6 +50,16 @@ configure_threads()
 clean_old_uploads()
 page = st.navigation(PAGES)
 sidebar_note = st.sidebar.empty()  # filled after the page ran, so it names a trajectory chosen in this very run
+if st.sidebar.button("Reset to the sample", icon=":material/restart_alt:", key="reset_to_sample",
+                     help="Forget this session's choices (trajectory, sliders, selections) and go back to the "
+                          "embedded sample. No file is deleted."):
+    reset_to_sample(keep=(participant.SESSION_KEY,))  # the participant's name stays: it labels their jobs
+    # A fresh page: the widgets of the page left behind then forget their values in the browser too.
+    st.switch_page(START)
+participant.keep_in_address()  # the sidebar drops ?name=; a reload on any page keeps the participant's name
+link_notice = follow_source_link()  # a handed-out link (?source=...) opens its trajectory before the page reads it
+if link_notice:
+    st.warning(link_notice, icon=":material/link_off:")
 try:
     page.run()
 except DynapruneError as error:

@@ -31,8 +31,8 @@ from tests.conftest import EMBEDDED_SAMPLES, REPO_ROOT
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
-PAGES = ["views/data.py", "views/trajectories.py", "views/dynamics.py", "views/prune.py", "views/finetune.py",
-         "views/compare.py", "views/learn.py"]
+PAGES = ["views/start.py", "views/data.py", "views/trajectories.py", "views/dynamics.py", "views/prune.py",
+         "views/finetune.py", "views/compare.py", "views/learn.py"]
 TIMEOUT_S = 60
 
 
@@ -73,6 +73,7 @@ def metric(app: AppTest, label: str) -> str:
 
 
 WIDGETS = {
+    "views/start.py": [],
     "views/data.py": ["data_origin", "data_sample"],
     "views/trajectories.py": ["traj_layer", "traj_units", "traj_dims", "traj_snapshot", "traj_which"],
     "views/dynamics.py": ["dyn_layer", "dyn_order", "dyn_horizon", "dyn_clusters", "dyn_unit", "dyn_neighbours"],
@@ -80,17 +81,17 @@ WIDGETS = {
     # one widget per pipeline option, keyed ft_<option>, so none is out of the form's reach
     "views/finetune.py": [f"ft_{field.name}" for field in dataclasses.fields(PipelineConfig)] + ["ft_name"],
     "views/compare.py": [],
-    "views/learn.py": ["learn_ratio", "learn_stages"],
+    "views/learn.py": ["learn_step", "learn_previous", "learn_next"],  # one step at a time: tests/test_app_workshop.py
 }
 CHARTS = {
+    "views/start.py": [],
     "views/data.py": [],
     "views/trajectories.py": ["traj_norms", "traj_pca", "traj_matrix"],
     "views/dynamics.py": ["dyn_quality", "dyn_eigenvalues", "dyn_heatmap", "dyn_embedding", "dyn_unit_paths"],
     "views/prune.py": ["prune_embedding", "prune_heatmap"],
     "views/finetune.py": [],
     "views/compare.py": ["compare_curves", "compare_tradeoff"],
-    "views/learn.py": ["learn_norms", "learn_paths", "learn_eigenvalues", "learn_distances", "learn_embedding",
-                       "learn_sizes", "learn_importance", "learn_schedule"],
+    "views/learn.py": ["learn_norms"],  # the first step's; every step's: tests/test_app_workshop.py
 }
 
 

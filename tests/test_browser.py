@@ -131,7 +131,7 @@ def screenshot(tab, name: str) -> None:
 
 
 def test_explore_and_move_the_pruning_slider(server, page):
-    page.goto(server["url"])
+    page.goto(f"{server['url']}/data")  # the start page is the default; tests/test_browser_workshop.py walks it
     page.get_by_text("Current trajectory").wait_for()
     settle(page)
     assert "synthetic" in page.locator("section.main, [data-testid='stMain']").first.inner_text()

@@ -166,3 +166,95 @@ def test_download_command_fetches_a_verified_copy(served, ptb_dir, tmp_path, cap
     assert main(["download-ptb", "--to", str(target), "--mirror", base]) == 0
     assert ptb_files_verified(target)
     assert f"--data ptb:{target}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def small_treebank(served, monkeypatch):
+    """Three small generated files served as the Penn Treebank, with the library's expected sums and
+    sizes pointed at them (in this process only): (served directory, base URL, {name: bytes})."""
+    root, base = served
+    contents = {name: os.urandom(size) for name, size in zip(download.PTB_SHA256, (150_000, 20_000, 70_000))}
+    for name, data in contents.items():
+        (root / name).write_bytes(data)
+    monkeypatch.setattr(download, "PTB_SHA256", {name: sha(data) for name, data in contents.items()})
+    monkeypatch.setattr(download, "PTB_BYTES", {name: len(data) for name, data in contents.items()})
+    return root, base, contents
+
+
+def test_download_verified_reports_the_bytes_received(served, tmp_path):
+    root, base = served
+    payload = os.urandom(200_000)
+    (root / "good.bin").write_bytes(payload)
+    heard = []
+    download_verified(base + "good.bin", tmp_path / "good.bin", sha(payload), progress=heard.append)
+    assert len(heard) >= 3 and all(u.task == "good.bin" and u.total == len(payload) for u in heard)
+    assert [u.done for u in heard] == sorted(u.done for u in heard) and heard[-1].done == len(payload)
+    assert heard[-1].overall == 1.0 and 0 < heard[0].overall < 1
+
+
+def test_download_ptb_reports_progress_over_all_three_files(small_treebank, tmp_path):
+    _, base, contents = small_treebank
+    total = sum(map(len, contents.values()))
+    heard = []
+    download_ptb(tmp_path / "cache", base_url=base, progress=heard.append)
+    assert all(u.task == "Penn Treebank" and u.total == total for u in heard)
+    done = [u.done for u in heard]
+    assert done == sorted(done) and done[-1] == total and heard[-1].overall == 1.0
+    assert any(0 < u.overall < len(contents["ptb.train.txt"]) / total for u in heard)  # inside the first file
+    details = [u.detail for u in heard]
+    assert details == sorted(details, key=list(contents).index) and set(details) == set(contents)  # in order
+    # already verified files count as done, without a download
+    for name in contents:
+        (small_treebank[0] / name).unlink()
+    again = []
+    download_ptb(tmp_path / "cache", base_url=base, progress=again.append)
+    assert [u.done for u in again] == [150_000, 170_000, total]
+
+
+def test_download_ptb_offline_fails_in_one_line_and_writes_nothing(tmp_path):
+    with socket.socket() as probe:                     # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    heard = []
+    with pytest.raises(DownloadError) as caught:
+        download_ptb(tmp_path / "cache", base_url=f"http://127.0.0.1:{port}/", timeout=5, progress=heard.append)
+    assert "\n" not in str(caught.value) and "check the address and the network" in str(caught.value)
+    assert caught.value.__suppress_context__  # the urllib error behind it is not chained on
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+    assert heard == []
+
+
+def test_a_corrupt_file_after_a_good_one_keeps_only_the_verified_one(small_treebank, tmp_path):
+    root, base, contents = small_treebank
+    (root / "ptb.valid.txt").write_bytes(b"corrupted")
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumMismatchError):
+        download_ptb(cache, base_url=base)
+    assert sorted(p.name for p in cache.iterdir()) == ["ptb.train.txt"]  # verified; no temporary file left
+    assert (cache / "ptb.train.txt").read_bytes() == contents["ptb.train.txt"]
+
+
+def test_the_operator_sets_the_mirror_in_the_environment(small_treebank, tmp_path, monkeypatch):
+    _, base, contents = small_treebank
+    monkeypatch.setattr(download, "PTB_BASE_URL", "http://127.0.0.1:9/never-used/")
+    monkeypatch.setenv(download.PTB_URL_ENV_VAR, base)
+    assert download.ptb_base_url() == base
+    assert download_ptb(tmp_path / "cache") == tmp_path / "cache"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cache").iterdir()} == contents
+    monkeypatch.setenv(download.PTB_URL_ENV_VAR, "  ")
+    assert download.ptb_base_url() == "http://127.0.0.1:9/never-used/"  # blank: the default
+
+
+@pytest.mark.parametrize("bad", ["ftp://127.0.0.1/ptb/", "file:///etc/", "javascript:alert(1)", "http://", "/srv/ptb",
+                                 "http://127.0.0.1/ptb/?x=1", "http://127.0.0.1/p tb/", "http://127.0.0.1/ptb/#top",
+                                 "http://[::1/ptb/", "http://127.0.0.1/\x1b[2J"])
+def test_a_mirror_setting_that_is_not_an_http_folder_is_refused_before_any_request(bad, tmp_path, monkeypatch):
+    monkeypatch.setenv(download.PTB_URL_ENV_VAR, bad)
+    with pytest.raises(InvalidInputError, match=download.PTB_URL_ENV_VAR):
+        download_ptb(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_published_sizes_are_those_of_the_published_files(ptb_dir):
+    assert {name: (ptb_dir / name).stat().st_size for name in download.PTB_BYTES} == download.PTB_BYTES
+    assert set(download.PTB_BYTES) == set(download.PTB_SHA256)

@@ -305,3 +305,51 @@ def test_train_job_killed_mid_epoch_is_lost_then_resumes_to_the_uninterrupted_re
 
     expected = final_val_ppl(read_json_lines(tmp_path / "reference" / "metrics.jsonl"))
     assert math.isclose(final_val_ppl(jobs.read_metrics(job.id)), expected, rel_tol=1e-4)
+
+
+GOOD_OWNERS = {"Ada": "Ada", "  Zoë Müller ": "Zoë Müller", "李雷": "李雷", "O'Brien-2": "O'Brien-2",
+               "J. Doe_3": "J. Doe_3", "x" * 40: "x" * 40}
+# empty or long; path-like; control and invisible characters; markup a shared page would render (a
+# link or an image would make every browser showing it fetch an address)
+BAD_OWNERS = ["", "   ", "x" * 41, "../etc", "..", "a/b", "a\\b", "line\nbreak", "tab\there", "nul\x00", "bell\x07",
+              "right\u202eto-left", "zero\u200bwidth", "![x](http://example.com/x.png)", "[Ada](http://e.com)",
+              "**Ada**", "<b>Ada</b>", "$x^2$", ":red[Ada]", "Ada`", 7, None, b"Ada", ["Ada"]]
+
+
+@pytest.mark.parametrize("given, kept", GOOD_OWNERS.items())
+def test_a_job_owner_is_a_short_printable_name(given, kept):
+    assert jobs.validate_owner(given) == kept
+
+
+@pytest.mark.parametrize("bad", BAD_OWNERS)
+def test_owners_that_are_empty_long_unprintable_or_path_like_are_refused(jobs_home, bad):
+    with pytest.raises(InvalidInputError):
+        jobs.validate_owner(bad)
+    if bad is not None:  # None is "no owner", which submit accepts
+        with pytest.raises(InvalidInputError):
+            jobs.submit(SHORT_COMMAND, owner=bad)
+        assert not jobs.jobs_dir().exists() or not list(jobs.jobs_dir().iterdir())  # refused before anything
+
+
+@pytest.mark.slow  # starts processes
+def test_the_owner_is_recorded_with_the_job_and_a_tampered_one_is_not_believed(jobs_home, capsys):
+    with occupied_slot(jobs_home):
+        job = jobs.cancel(jobs.submit(SHORT_COMMAND, owner="  Ada ", label="Ada's run").id)  # nothing run
+        anonymous = jobs.cancel(jobs.submit(SHORT_COMMAND).id)
+    assert job.owner == jobs.get_job(job.id).owner == "Ada" and job.label == "Ada's run"
+    assert anonymous.owner is None
+    assert cli("jobs", "show", job.id, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["owner"] == "Ada"
+    spec_path = jobs.jobs_dir() / job.id / "spec.json"
+    for tampered in ("../../etc", "a\nb", "x" * 500, 42):
+        spec = json.loads(spec_path.read_text())
+        spec["owner"] = tampered
+        spec_path.write_text(json.dumps(spec))
+        assert jobs.get_job(job.id).owner is None  # read as no owner, not as a name
+    with occupied_slot(jobs_home):
+        assert cli("jobs", "submit", "--json", "--owner", "Bob", "--", *SHORT_COMMAND) == 0
+        submitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        jobs.cancel(submitted["id"])
+    assert submitted["owner"] == "Bob"
+    assert cli("jobs", "submit", "--owner", "a/b", "--", *SHORT_COMMAND) == 2
+    assert "'/'" in capsys.readouterr().err

@@ -73,7 +73,9 @@ def run_main() -> int:
 
 
 def _record_job_exit(code: int) -> None:
-    job_id, attempt = os.environ.get("DYNAPRUNE_JOB_ID"), os.environ.get("DYNAPRUNE_JOB_ATTEMPT", "")
+    from analysis.jobs.reporting import JOB_ATTEMPT_ENV_VAR, JOB_ID_ENV_VAR
+
+    job_id, attempt = os.environ.get(JOB_ID_ENV_VAR), os.environ.get(JOB_ATTEMPT_ENV_VAR, "")
     if not job_id or not attempt.isdigit():
         return
     try:

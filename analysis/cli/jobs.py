@@ -1,6 +1,7 @@
 """`dynaprune jobs`: run dynaprune commands in the background and follow them.
 
-    dynaprune jobs submit [--json] [--label L] [--max-jobs N] -- train --preset synthetic-tiny --out runs/a
+    dynaprune jobs submit [--json] [--label L] [--owner NAME] [--max-jobs N] -- COMMAND ...
+    dynaprune jobs submit -- train --preset synthetic-tiny --out runs/a
     dynaprune jobs list [--json]
     dynaprune jobs show ID [--json]
     dynaprune jobs logs ID [--tail N]
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit = actions.add_parser("submit", help="queue a dynaprune command; prints the job id")
     submit.add_argument("--json", action="store_true", help="print the job as one JSON line")
     submit.add_argument("--label", help="a name to recognise the job by")
+    submit.add_argument("--owner", help="who the job belongs to, e.g. a workshop participant's name")
     submit.add_argument("--max-jobs", type=int, help="jobs allowed to run at once (default $DYNAPRUNE_MAX_JOBS or 1)")
     submit.add_argument("dynaprune_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the dynaprune command to run, after --")
@@ -74,7 +76,7 @@ def _print_job(job: jobs.Job, as_json: bool) -> None:
         print(json.dumps(job.to_dict(), sort_keys=True))
         return
     rows = [
-        ("id", job.id), ("status", job.state), ("label", job.label or "-"),
+        ("id", job.id), ("status", job.state), ("label", job.label or "-"), ("owner", job.owner or "-"),
         ("command", "dynaprune " + " ".join(job.args) if job.args else "-"), ("out dir", job.out_dir or "-"),
         ("pid", "-" if job.pid is None else job.pid), ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("attempt", job.attempt), ("created", _when(job.created_at)), ("started", _when(job.started_at)),
@@ -112,7 +114,8 @@ def _submit_args(raw: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     action = args.jobs_action
     if action == "submit":
-        job = jobs.submit(_submit_args(args.dynaprune_args), label=args.label, max_jobs=args.max_jobs)
+        job = jobs.submit(_submit_args(args.dynaprune_args), label=args.label, owner=args.owner,
+                          max_jobs=args.max_jobs)
         if args.json:
             _print_job(job, True)
         else:

@@ -83,6 +83,7 @@ def config_of_job(args: list[str]):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis.jobs.reporting import job_progress_reporter
     from analysis.pruning.pipeline import PipelineInterrupted, run_pruning_pipeline
     from analysis.utils.devices import checked_device
     from analysis.utils.progress import TerminalProgress
@@ -95,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     print(f"pruning {args.source} to ratio {config.ratio_text()} in {config.stages} stage(s) by {config.criterion} "
           f"into {args.out}", flush=True)
+    # a background job reports its progress to its status (the dashboard's bar); a terminal gets a bar
+    progress = job_progress_reporter() or (None if args.no_progress else TerminalProgress(unit="batch"))
     try:
         result = run_pruning_pipeline(args.out, source=args.source, config=config, data=args.data,
-                                      overwrite=args.overwrite,
-                                      progress=None if args.no_progress else TerminalProgress(unit="batch"),
-                                      device=device)
+                                      overwrite=args.overwrite, progress=progress, device=device)
     except PipelineInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

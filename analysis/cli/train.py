@@ -51,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from analysis.jobs.reporting import job_progress_reporter
     from analysis.lm.corpora import load_corpus
     from analysis.lm.training import TrainingInterrupted, train_language_model
     from analysis.utils.devices import checked_device
@@ -67,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     model_config = ModelConfig(vocab_size=len(corpus.vocab), **chosen["model"])
     print(f"training {args.preset} on {corpus.source} ({corpus.train.numel()} training tokens, "
           f"{len(corpus.vocab)} words) into {args.out}", flush=True)
+    # a background job reports its progress to its status (the dashboard's bar); a terminal gets a bar
+    progress = job_progress_reporter() or (None if args.no_progress else TerminalProgress(unit="batch"))
     try:
         result = train_language_model(args.out, corpus=corpus, model_config=model_config, train_config=train_config,
-                                      overwrite=args.overwrite,
-                                      progress=None if args.no_progress else TerminalProgress(unit="batch"),
-                                      device=device)
+                                      overwrite=args.overwrite, progress=progress, device=device)
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}", flush=True)
         return SIGTERM_EXIT_STATUS

@@ -5,6 +5,8 @@
     jobs.get_job(job.id).state          # queued | running | succeeded | failed | cancelled | lost
     jobs.read_metrics(job.id)           # records of the output run's metrics file so far
     jobs.cancel(job.id); jobs.resume(job.id)
+    jobs.submit([...], owner="Ada")     # whose job it is: job.owner; jobs.validate_owner checks a name
+    jobs.get_job(job.id).progress       # what the running command last reported (fraction, time left)
 
 A job lives in <DYNAPRUNE_HOME>/jobs/<id>/ (spec.json, status.json, log.txt). At most max_jobs
 (argument, else $DYNAPRUNE_MAX_JOBS, else 1; fixed per job when it is queued) run at once; the
@@ -31,6 +33,7 @@ from analysis.jobs.control import (
     validate_args,
     wait,
 )
+from analysis.jobs.owners import MAX_OWNER_CHARS, validate_owner
 from analysis.jobs.store import (
     ACTIVE_STATES,
     CANCELLED,
@@ -45,6 +48,7 @@ from analysis.jobs.store import (
     SUCCEEDED,
     CorruptJobError,
     Job,
+    JobProgress,
     JobStateError,
     UnknownJobError,
     jobs_dir,
@@ -55,6 +59,7 @@ from analysis.jobs.store import (
 __all__ = [
     "submit", "get_job", "list_jobs", "cancel", "resume", "wait", "read_log", "read_metrics",
     "resolve_max_jobs", "validate_args", "out_dir_of", "resolve_home", "jobs_dir", "validate_job_id",
-    "Job", "UnknownJobError", "JobStateError", "CorruptJobError", "JOB_ID_PATTERN", "STATES",
-    "ACTIVE_STATES", "RESUMABLE_STATES", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST", "CORRUPT",
+    "validate_owner", "MAX_OWNER_CHARS", "Job", "JobProgress", "UnknownJobError", "JobStateError", "CorruptJobError",
+    "JOB_ID_PATTERN", "STATES", "ACTIVE_STATES", "RESUMABLE_STATES", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED",
+    "CANCELLED", "LOST", "CORRUPT",
 ]

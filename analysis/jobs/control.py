@@ -16,6 +16,7 @@ from pathlib import Path
 import analysis
 from analysis.errors import InvalidInputError
 from analysis.jobs import store
+from analysis.jobs.owners import validate_owner
 from analysis.jobs.process import is_alive, process_token, signal_group
 from analysis.jobs.store import Job, JobStateError
 from analysis.jobs.supervisor import DEFAULT_KILL_TIMEOUT_S, command_argv
@@ -129,15 +130,17 @@ def _launch_supervisor(job_dir: Path, home: Path) -> None:
     store.update_status(job_dir, change)
 
 
-def submit(args: Iterable[str], *, label: str | None = None, max_jobs: int | None = None,
+def submit(args: Iterable[str], *, label: str | None = None, owner: str | None = None, max_jobs: int | None = None,
            home: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None) -> Job:
     """Queue `dynaprune <args>` as a background job and return it (state queued or already running).
 
-    `max_jobs` caps how many jobs run at once (default $DYNAPRUNE_MAX_JOBS or 1); jobs start in
-    submission order. Relative paths in `args` are resolved against `cwd` (default: current dir).
+    `owner` names who started it (e.g. a workshop participant; owners.validate_owner says what a name
+    may hold). `max_jobs` caps how many jobs run at once (default $DYNAPRUNE_MAX_JOBS or 1); jobs
+    start in submission order. Relative paths in `args` are resolved against `cwd` (default: current dir).
     """
     args = validate_args(args)
     label = _validate_label(label)
+    owner = None if owner is None else validate_owner(owner)
     limit = resolve_max_jobs(max_jobs)
     home = store.resolve_home(home)
     cwd = Path(cwd if cwd is not None else os.getcwd()).absolute()
@@ -150,7 +153,7 @@ def submit(args: Iterable[str], *, label: str | None = None, max_jobs: int | Non
     try:
         spec = {
             "version": 1, "args": args, "argv": command_argv(args), "cwd": str(cwd), "label": label,
-            "out_dir": out_dir_of(args, cwd), "created_at": time.time(),
+            "owner": owner, "out_dir": out_dir_of(args, cwd), "created_at": time.time(),
         }
         (staging / "log.txt").touch()
         for _ in range(5):

@@ -1,7 +1,7 @@
 """On-disk layout of background jobs, and reading a job's true state from it.
 
-    <DYNAPRUNE_HOME>/jobs/<id>/spec.json    what to run: args, argv, cwd, label, out dir (written once)
-    <DYNAPRUNE_HOME>/jobs/<id>/status.json  state, pids, times, exit code, heartbeat, message
+    <DYNAPRUNE_HOME>/jobs/<id>/spec.json    what to run: args, argv, cwd, label, owner, out dir (written once)
+    <DYNAPRUNE_HOME>/jobs/<id>/status.json  state, pids, times, exit code, heartbeat, message, progress
     <DYNAPRUNE_HOME>/jobs/<id>/log.txt      stdout and stderr of every attempt, appended
     <DYNAPRUNE_HOME>/jobs/<id>/exit.json    the command's own exit record: attempt, pid, exit code
     <DYNAPRUNE_HOME>/jobs/<id>/.lock        serialises read-modify-write of status.json
@@ -11,6 +11,10 @@ also checks that its processes still exist; an active job whose processes are al
 recorded as "lost" right there, so no daemon is needed to notice a crash or a reboot; unless
 the command left its own exit record for this attempt (its supervisor was killed, the command ran
 on and ended), which then gives the final state instead.
+
+A job's owner is the name of whoever started it (a workshop participant; owners.py says what a
+name may hold). Its progress is what the running command last reported about itself
+(analysis.jobs.reporting): a fraction done, where it stands and an estimate of the time left.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import DynapruneError, InvalidInputError
+from analysis.jobs.owners import validate_owner
 from analysis.jobs.process import is_alive, liveness_is_verifiable
 from analysis.utils.fileio import atomic_write_json
 
@@ -61,6 +66,22 @@ class CorruptJobError(DynapruneError):
 
 
 @dataclass(frozen=True)
+class JobProgress:
+    """What a running job's command last said about its progress: `fraction` of the whole command
+    done (0..1), the `task` in hand (e.g. "stage 2/3, epoch 1/2") with `done` of its `total` steps,
+    a short `detail`, and `remaining_s`, the estimated seconds left when it was `updated_at`
+    (None until there is a rate to estimate from)."""
+
+    fraction: float
+    task: str = ""
+    done: int = 0
+    total: int = 0
+    detail: str = ""
+    remaining_s: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     """A job as the dashboard and the CLI see it. `state` is one of STATES or CORRUPT."""
 
@@ -68,6 +89,7 @@ class Job:
     state: str
     args: list[str] = field(default_factory=list)
     label: str | None = None
+    owner: str | None = None
     out_dir: str | None = None
     cwd: str | None = None
     max_jobs: int | None = None
@@ -83,6 +105,7 @@ class Job:
     attempt: int = 1
     cancel_requested: bool = False
     history: list[dict] = field(default_factory=list)
+    progress: JobProgress | None = None
 
     @property
     def finished(self) -> bool:
@@ -310,6 +333,48 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) and _TIMESTAMP_RANGE[0] <= value <= _TIMESTAMP_RANGE[1] else None
 
 
+def _owner(value: Any) -> str | None:
+    """The owner recorded in spec.json, or None where there is none or it is not a valid name."""
+    try:
+        return None if value is None else validate_owner(value)
+    except InvalidInputError:
+        return None
+
+
+def _short_text(value: Any, limit: int = 200) -> str:
+    return value[:limit] if isinstance(value, str) and value.isprintable() else ""
+
+
+def _progress(value: Any) -> JobProgress | None:
+    """The progress recorded in status.json, or None where there is none or it does not make sense."""
+    if not isinstance(value, dict):
+        return None
+    fraction = value.get("fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        return None
+    done, total, remaining = value.get("done"), value.get("total"), value.get("remaining_s")
+    counts_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (done, total))
+    remaining_ok = (isinstance(remaining, (int, float)) and not isinstance(remaining, bool) and math.isfinite(remaining)
+                    and remaining >= 0)
+    return JobProgress(fraction=float(fraction), task=_short_text(value.get("task")),
+                       done=done if counts_ok else 0, total=total if counts_ok else 0,
+                       detail=_short_text(value.get("detail")), remaining_s=float(remaining) if remaining_ok else None,
+                       updated_at=_number(value.get("updated_at")))
+
+
+def record_progress(job_dir: Path, attempt: int, progress: dict) -> bool:
+    """Store `progress` (JobProgress's fields) as the job's progress, if the job is still running
+    attempt `attempt`; True when it was stored. What a job's command calls (analysis.jobs.reporting)."""
+
+    def change(status: dict) -> dict | None:
+        if status["state"] != RUNNING or status.get("attempt", 1) != attempt:
+            return None
+        status["progress"] = progress
+        return status
+
+    return update_status(job_dir, change).get("progress") == progress
+
+
 def job_from_files(spec: dict, status: dict, job_id: str) -> Job:
     label, out_dir, cwd = spec.get("label"), spec.get("out_dir"), spec.get("cwd")
     exit_code, attempt, max_jobs = status.get("exit_code"), status.get("attempt"), status.get("max_jobs")
@@ -319,6 +384,7 @@ def job_from_files(spec: dict, status: dict, job_id: str) -> Job:
         state=status["state"],
         args=list(spec["args"]),
         label=label if isinstance(label, str) else None,
+        owner=_owner(spec.get("owner")),
         out_dir=out_dir if isinstance(out_dir, str) else None,
         cwd=cwd if isinstance(cwd, str) else None,
         max_jobs=max_jobs if isinstance(max_jobs, int) else None,
@@ -334,6 +400,7 @@ def job_from_files(spec: dict, status: dict, job_id: str) -> Job:
         attempt=attempt if isinstance(attempt, int) else 1,
         cancel_requested=bool(status.get("cancel_requested")),
         history=[h for h in history if isinstance(h, dict)] if isinstance(history, list) else [],
+        progress=_progress(status.get("progress")),
     )
 
 

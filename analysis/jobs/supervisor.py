@@ -22,6 +22,7 @@ from pathlib import Path
 
 from analysis.jobs import store
 from analysis.jobs.process import process_token, signal_group, signal_name
+from analysis.jobs.reporting import JOB_ATTEMPT_ENV_VAR, JOB_ID_ENV_VAR
 
 POLL_S = 0.2
 DEFAULT_KILL_TIMEOUT_S = 30.0
@@ -169,8 +170,9 @@ def _run_command(job_dir: Path, spec: dict, slot: int, cancel: _CancelSignal) ->
     argv = command_argv(spec["args"])
     attempt = store.read_status(job_dir).get("attempt", 1)
     # the command writes its own exit record for this attempt (analysis.cli.run_main), which tells
-    # the truth should this supervisor be killed while the command runs on
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DYNAPRUNE_JOB_ID=job_dir.name, DYNAPRUNE_JOB_ATTEMPT=str(attempt))
+    # the truth should this supervisor be killed while the command runs on, and reports its progress
+    # into status.json (analysis.jobs.reporting)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{JOB_ID_ENV_VAR: job_dir.name, JOB_ATTEMPT_ENV_VAR: str(attempt)})
     _log(job_dir, f"attempt {attempt} started: dynaprune {' '.join(spec['args'])}")
     try:
         with open(job_dir / "log.txt", "ab") as log:

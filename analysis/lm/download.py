@@ -2,6 +2,11 @@
 only then renamed into place, so a corrupt or partial download never lands under the real name.
 
     download_ptb()            # Penn Treebank into the per-user cache, returns the directory
+    download_ptb(progress=lambda update: print(update.done, update.total))   # bytes so far, of all files
+
+$DYNAPRUNE_PTB_URL, an operator's setting, replaces the default mirror of Penn Treebank: the http(s)
+address of a folder holding the three files (e.g. a copy on the local network, or a test server).
+The files must still match the published sums.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import platformdirs
 
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.utils.fileio import atomic_path
+from analysis.utils.progress import ProgressCallback, ProgressUpdate
 
 # Mikolov's preprocessed Penn Treebank (simple-examples), raw files as mirrored in the LSTM
 # reference implementation of Zaremba et al.; the sums are the published checksums of those files.
@@ -27,6 +33,9 @@ PTB_SHA256 = {
     "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
     "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
 }
+# Their sizes in bytes: the total a progress bar counts towards before the replies say.
+PTB_BYTES = {"ptb.train.txt": 5_101_618, "ptb.valid.txt": 399_782, "ptb.test.txt": 449_945}
+PTB_URL_ENV_VAR = "DYNAPRUNE_PTB_URL"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _CHUNK_BYTES = 1 << 16
 _ALLOWED_SCHEMES = ("http", "https")
@@ -59,13 +68,33 @@ def ptb_files_verified(directory: str | os.PathLike) -> bool:
                for name, digest in PTB_SHA256.items())
 
 
+def ptb_base_url() -> str:
+    """Where Penn Treebank is fetched from: $DYNAPRUNE_PTB_URL when set (checked: an http or https
+    address of a folder, with a host and no query), else the default mirror."""
+    value = os.environ.get(PTB_URL_ENV_VAR, "").strip()
+    if not value:
+        return PTB_BASE_URL
+    try:
+        parts = urllib.parse.urlsplit(value)
+        usable = (parts.scheme.lower() in _ALLOWED_SCHEMES and bool(parts.hostname) and not parts.query
+                  and not parts.fragment and value.isprintable() and not any(c.isspace() for c in value))
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        usable = False
+    if not usable:
+        raise InvalidInputError(f"{PTB_URL_ENV_VAR}={value[:200]!r} is not an http or https address of a folder; set "
+                                f"it to e.g. http://mirror.local/ptb/ (holding {', '.join(PTB_SHA256)}) or unset it")
+    return value
+
+
 def download_verified(url: str, dest: str | os.PathLike, sha256: str, *, timeout: float = 60,
-                      max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+                      max_bytes: int = DEFAULT_MAX_BYTES, progress: ProgressCallback | None = None) -> Path:
     """Download `url` to `dest` if and only if its SHA-256 equals `sha256`; return `dest`.
 
     The bytes stream into a ".tmp-*" file in dest's directory and are renamed into place after the
     check. On a mismatch, a network or HTTP error, or more than `max_bytes`, the temporary file is
-    removed and a DownloadError (ChecksumMismatchError for a mismatch) is raised.
+    removed and a DownloadError (ChecksumMismatchError for a mismatch) is raised. `progress` hears
+    of the bytes received so far after each block (task: dest's name; total: the size the server
+    declared, 0 when it declared none).
     """
     dest = Path(dest)
     expected = str(sha256).strip().lower()
@@ -78,7 +107,8 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str, *, timeout
     opener = urllib.request.build_opener(_HttpOnlyRedirects())
     with atomic_path(dest) as tmp:
         try:
-            digest = _stream_to_file(opener, request, tmp, timeout=timeout, max_bytes=max_bytes)
+            digest = _stream_to_file(opener, request, tmp, timeout=timeout, max_bytes=max_bytes, task=dest.name,
+                                     progress=progress)
         except urllib.error.HTTPError as error:
             raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
         except urllib.error.URLError as error:
@@ -94,34 +124,55 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str, *, timeout
 
 
 def download_ptb(cache_dir: str | os.PathLike | None = None, *, base_url: str | None = None,
-                 timeout: float = 60) -> Path:
+                 timeout: float = 60, progress: ProgressCallback | None = None) -> Path:
     """Put verified ptb.{train,valid,test}.txt into `cache_dir` (default: the per-user cache) and return it.
 
-    Files already present with the right checksum are kept; `base_url` replaces the default mirror.
+    Files already present with the right checksum are kept; `base_url` replaces the mirror (default:
+    ptb_base_url()). `progress` hears of the bytes of all three files so far (task "Penn Treebank",
+    detail the file being fetched). A failure raises DownloadError and leaves every file that was
+    already verified; none is ever half-written.
     """
     directory = Path(cache_dir) if cache_dir is not None else default_ptb_cache_dir()
-    base = (base_url if base_url is not None else PTB_BASE_URL).rstrip("/") + "/"
+    base = (base_url if base_url is not None else ptb_base_url()).rstrip("/") + "/"
+    total, before = sum(PTB_BYTES.values()), 0
     for name, digest in PTB_SHA256.items():
         target = directory / name
-        if target.is_file() and sha256_of_file(target) == digest:
-            continue
-        download_verified(base + name, target, digest, timeout=timeout)
+        if not (target.is_file() and sha256_of_file(target) == digest):
+            download_verified(base + name, target, digest, timeout=timeout,
+                              progress=_counted_from(before, total, name, progress) if progress else None)
+        before += PTB_BYTES[name]
+        if progress:
+            progress(ProgressUpdate("Penn Treebank", before, total, name, overall=before / total))
     return directory
 
 
-def _stream_to_file(opener, request, tmp: Path, *, timeout: float, max_bytes: int) -> str:
+def _counted_from(before: int, total: int, name: str, progress: ProgressCallback) -> ProgressCallback:
+    """One file's byte counts as counts of all the Penn Treebank files, `before` of them already done."""
+
+    def report(update: ProgressUpdate) -> None:
+        done = min(total, before + update.done)
+        progress(ProgressUpdate("Penn Treebank", done, total, name, overall=done / total))
+
+    return report
+
+
+def _stream_to_file(opener, request, tmp: Path, *, timeout: float, max_bytes: int, task: str,
+                    progress: ProgressCallback | None) -> str:
     digest = hashlib.sha256()
     received = 0
     with opener.open(request, timeout=timeout) as response, open(tmp, "wb") as out:
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise DownloadError(f"{request.full_url} is {int(declared)} bytes, more than the limit of {max_bytes}")
+        size = int(declared) if declared is not None and declared.isdigit() else 0
+        if size > max_bytes:
+            raise DownloadError(f"{request.full_url} is {size} bytes, more than the limit of {max_bytes}")
         for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
             received += len(chunk)
             if received > max_bytes:
                 raise DownloadError(f"{request.full_url} sent more than the limit of {max_bytes} bytes")
             digest.update(chunk)
             out.write(chunk)
+            if progress:
+                progress(ProgressUpdate(task, received, size, overall=min(1.0, received / size) if size else None))
     return digest.hexdigest()
 
 

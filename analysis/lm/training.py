@@ -98,7 +98,8 @@ def train_language_model(out_dir: str | Path, *, corpus: Corpus, train_config: T
     `extra_loss(context)` returns a term added to the loss (or None). `on_epoch_start(model, epoch)`
     runs before each epoch, e.g. to refresh importances; callbacks' own state is not checkpointed.
     After the last epoch the best model is scored on the test split (`evaluate_test`). `progress`
-    hears of every batch (task "epoch e/E"; TerminalProgress draws it as a bar).
+    hears of every batch (task "epoch e/E", `overall` the fraction of all epochs' batches done;
+    TerminalProgress draws it as a bar).
     Raises TrainingInterrupted after SIGTERM, once the checkpoint is written. On glibc systems it
     first sets the process's malloc to keep freed memory (`analysis.utils.allocator.reuse_freed_memory`):
     the per-step (tokens x vocabulary) buffers then stop costing page faults.
@@ -204,7 +205,8 @@ class _Trainer:
                     detail = f"ppl {perplexity(mean):.1f}"
                     p.interval_loss_sum, p.interval_batches = 0.0, 0
                 if progress:
-                    progress(ProgressUpdate(task, p.batch, self.n_batches, detail))
+                    overall = ((epoch - 1) * self.n_batches + p.batch) / (config.epochs * self.n_batches)
+                    progress(ProgressUpdate(task, p.batch, self.n_batches, detail, overall=overall))
                 if self.recorder is not None and p.step % self.record_every == 0:
                     self.recorder.record(p.step, epoch=epoch, metrics={"train_loss": loss, "lr": lr})
             p.elapsed_s = time.monotonic() - started

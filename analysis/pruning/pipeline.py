@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -57,7 +57,7 @@ from analysis.utils.fileio import (
     read_json_lines,
     read_json_object,
 )
-from analysis.utils.progress import ProgressCallback
+from analysis.utils.progress import ProgressCallback, ProgressUpdate
 from analysis.utils.runlock import run_lock
 from analysis.utils.stopping import sigterm_requests_stop
 
@@ -254,7 +254,8 @@ class _Pipeline:
             train_language_model(stage_dir, corpus=self.corpus, train_config=train_config, initial_model=student,
                                  teacher=teacher if config.uses_teacher else None,
                                  extra_loss=regularizer.loss if regularizer.active else None,
-                                 on_epoch_start=on_epoch_start, progress=self.progress, evaluate_test=False,
+                                 on_epoch_start=on_epoch_start, progress=self._stage_progress(stage),
+                                 evaluate_test=False,
                                  device=self.device, log=self.log)
         except TrainingInterrupted as stopped:
             raise PipelineInterrupted(f"stage {stage}: {stopped}") from stopped
@@ -264,6 +265,19 @@ class _Pipeline:
         start = self._find("stage_start", stage)
         self._emit({"event": "stage_end", "stage": stage, "best_val_ppl": trained["best_val_ppl"],
                     "wall_s": float(start.get("prepare_s", 0.0)) + float(trained["elapsed_s"])})
+
+    def _stage_progress(self, stage: int) -> ProgressCallback | None:
+        """The pipeline's progress callback as one stage's training reports to it: the task names the
+        stage, and `overall` counts the stages before it (each stage trains the same number of batches)."""
+        if not self.progress:  # None, or False as some callers pass
+            return None
+        stages = self.config.stages
+
+        def report(update: ProgressUpdate) -> None:
+            overall = None if update.overall is None else (stage - 1 + update.overall) / stages
+            self.progress(replace(update, task=f"stage {stage}/{stages}, {update.task}", overall=overall))
+
+        return report
 
     def _copy_epoch_events(self, stage: int, stage_dir: Path) -> None:
         """Mirror the stage run's per-epoch validation into the pipeline's log (once per epoch)."""

@@ -16,12 +16,15 @@ from tqdm import tqdm
 @dataclass(frozen=True)
 class ProgressUpdate:
     """`done` of `total` steps of `task` (e.g. "rnns.0.l0", "epoch 2/13"); `detail` is a short note
-    to show beside it (e.g. "ppl 120.3")."""
+    to show beside it (e.g. "ppl 120.3"). `overall` is the fraction (0..1) of the whole computation
+    done, where the one reporting knows it: a training run counts its epochs, the pruning pipeline
+    its stages, a download its bytes; None otherwise."""
 
     task: str
     done: int
     total: int
     detail: str = ""
+    overall: float | None = None
 
 
 ProgressCallback = Callable[[ProgressUpdate], None]

@@ -5,7 +5,7 @@ import streamlit as st
 
 from analysis.errors import DynapruneError
 from analysis.runs import BEST_MODEL_FILE, MANIFEST_FILE
-from app import common
+from app import common, corpus_fetch
 
 # Compressed upload and unpacked size limits; larger trajectories are better read from a run folder.
 MAX_UPLOAD_BYTES = 200 * 1024**2
@@ -87,5 +87,6 @@ else:
     if problem:
         st.warning(f"{problem} Until then the Prune page shows no zero-shot perplexity and this model cannot be "
                    "fine-tuned.")
+    corpus_fetch.offer_ptb_fetch(info.get("data_source"), key="data_fetch_ptb")
     st.caption(f"Model: {config.rnn_type}, embedding {config.embedding_size}, hidden sizes {config.hidden_sizes}, "
                f"vocabulary {config.vocab_size}, trained on `{info.get('data_source')}`.")

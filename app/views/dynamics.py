@@ -18,6 +18,7 @@ from analysis.exploration import (
     unit_circle,
 )
 from app import common
+from app.method_steps import help_text
 
 st.title("Dynamics")
 trajectory, source, sig = common.require_trajectory()
@@ -41,14 +42,15 @@ order_now, horizon_now = common.dynamics_settings(trajectory)
 left, middle, right = st.columns(3)
 layer = left.selectbox("Layer", trajectory.layers, key="dyn_layer")
 order = middle.slider("LDS order n", low, high, order_now, key="dyn_order",
-                      help="State dimension of each unit's linear dynamical system (at most T-1).")
+                      help=help_text("order"))
 choices = ["T (snapshots)", "custom", "infinite (Martin)"]
 current_choice = 0 if horizon_now is None else 2 if math.isinf(horizon_now) else 1
-horizon_choice = right.radio("Distance horizon m", choices, index=current_choice, horizontal=True, key="dyn_horizon")
+horizon_choice = right.radio("Distance horizon m", choices, index=current_choice, horizontal=True, key="dyn_horizon",
+                             help=f"{help_text('horizon')}\n\nT: {help_text('T')}\n\n{help_text('martin')}")
 horizon = None
 if horizon_choice == "custom":
     default = int(horizon_now) if horizon_now is not None and not math.isinf(horizon_now) else len(trajectory)
-    horizon = int(right.number_input("m", 1, 10_000, default, key="dyn_horizon_m"))
+    horizon = int(right.number_input("m", 1, 10_000, default, key="dyn_horizon_m", help=help_text("horizon")))
 elif horizon_choice.startswith("infinite"):
     horizon = math.inf
 st.session_state[common.ORDER_KEY], st.session_state[common.HORIZON_KEY] = order, horizon
@@ -65,9 +67,11 @@ if H < 2:
 st.subheader("Fit quality per unit")
 quality = fit_quality_table(fit)
 columns = st.columns(3)
-columns[0].metric("Median explained variance", f"{quality['explained_variance'].median():.3f}")
-columns[1].metric("Median one-step R²", f"{quality['prediction_r2'].median():.3f}")
-columns[2].metric("Units with ρ(A) ≥ 1", int((quality["spectral_radius"] >= 1).sum()))
+columns[0].metric("Median explained variance", f"{quality['explained_variance'].median():.3f}",
+                  help=help_text("explained_variance"))
+columns[1].metric("Median one-step R²", f"{quality['prediction_r2'].median():.3f}", help=help_text("one_step_r2"))
+columns[2].metric("Units with ρ(A) ≥ 1", int((quality["spectral_radius"] >= 1).sum()),
+                  help=help_text("spectral_radius"))
 left, right = st.columns(2)
 long = quality.melt(id_vars="unit", value_vars=["explained_variance", "prediction_r2"], var_name="measure")
 left.plotly_chart(px.histogram(long, x="value", color="measure", barmode="overlay", nbins=30, height=320)
@@ -87,7 +91,8 @@ with st.expander("Per-unit table"):
 
 # ------------------------------------------------------------------ distances and clusters
 st.subheader("Distances between units' dynamics")
-n_clusters = st.slider("Clusters (average linkage on the distances)", 1, H, max(1, H // 2), key="dyn_clusters")
+n_clusters = st.slider("Clusters (average linkage on the distances)", 1, H, max(1, H // 2), key="dyn_clusters",
+                       help=help_text("average_linkage"))
 labels = cached_clusters(str(source), sig, layer, order, horizon, n_clusters)
 order_units = group_by_labels(common.tree_order(str(source), sig, layer, order, horizon), labels)
 view = heatmap_view(distances, order_units)
@@ -107,7 +112,7 @@ scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=labels.astype(s
                      height=480)
 scatter.update_layout(margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20)
 right.plotly_chart(scatter, key="dyn_embedding")
-right.caption("Units placed so that their plane distances follow the dynamics distances (MDS).")
+right.caption("Units placed so that their plane distances follow the dynamics distances (MDS).", help=help_text("mds"))
 
 profile = distance_profile(distances)
 histogram = px.histogram(profile, x="distance", color="which", barmode="overlay", histnorm="probability",

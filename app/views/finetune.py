@@ -20,7 +20,7 @@ from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
 from analysis.pruning.config import REGULARIZATIONS, uniform_or_per_layer
 from analysis.run_curves import pipeline_curve, reference_lines
 from analysis.runs import NO_MODEL_HINT
-from app import common
+from app import common, corpus_fetch, participant
 
 POLL_SECONDS = 2.0
 REGULARIZATION_LABELS = {"da-l2": "discrimination-aware L2", "l2": "plain L2", "none": "none"}
@@ -30,10 +30,19 @@ st.write("Prune the model to the target ratio in stages; after each cut the smal
          "bigger one as teacher (distillation) and a discrimination-aware L2 penalty. The work runs as a background "
          "job: you can leave this page, or close the browser, and come back.")
 
+participant_name = participant.ask()  # labels the jobs started here; picks one's own from everyone's
 source = common.current_source()
 model, model_info = common.model_or_none(source) if source else (None, "no trajectory chosen")
 
+
 # ------------------------------------------------------------------ the form
+def default_folder_name(source_name: str, owner: str | None, stamp: str) -> str:
+    """prune-<source>-<owner>-<time>: in a room, two people starting at the same second still get
+    folders of their own. The owner's name keeps only the letters and digits a folder name allows."""
+    who = re.sub(r"[^A-Za-z0-9]+", "-", owner or "").strip("-").lower()[:20]
+    return "-".join(part for part in ("prune", source_name, who, stamp) if part)
+
+
 st.subheader("New fine-tuning job")
 if model is None:
     st.info(model_info if model_info == NO_MODEL_HINT else
@@ -44,6 +53,11 @@ else:
     st.caption(f"Starting from **{common.display_name(source)}** ({model.config.rnn_type}, hidden sizes "
                f"{model.config.hidden_sizes}). Results go to `{common.runs_dir()}`. Ratios and criterion come from "
                f"the Prune page, the LDS order and horizon from the Dynamics page.")
+    data_source = model_info.get("data_source")
+    corpus_problem = common.corpus_problem_of(data_source)
+    if corpus_problem:
+        st.warning(f"{corpus_problem} Fine-tuning needs its training split.")
+    corpus_fetch.offer_ptb_fetch(data_source, key="ft_fetch_ptb")
     with st.form("finetune_form"):
         left, middle, right = st.columns(3)
         ratio_help = ("0 prunes nothing and fine-tunes the same way: a control, to tell what the fine-tuning alone "
@@ -80,8 +94,12 @@ else:
                                             help="bfloat16 is faster on CPUs with bfloat16 units and changes the "
                                                  "teacher's targets very little.")
         stamp = st.session_state.setdefault("ft_stamp", datetime.now().strftime("%Y%m%d-%H%M%S"))
-        name = right.text_input("Output folder name", f"prune-{source.name}-{stamp}", key="ft_name",
-                                help="Created inside the runs folder.")
+        default_name = default_folder_name(source.name, participant_name, stamp)
+        if st.session_state.get("ft_name_default") != default_name:  # a new name or job: a new default, unless
+            if st.session_state.get("ft_name") in (None, st.session_state.get("ft_name_default")):  # one was typed
+                st.session_state["ft_name"] = default_name
+            st.session_state["ft_name_default"] = default_name
+        name = right.text_input("Output folder name", key="ft_name", help="Created inside the runs folder.")
         with st.expander("Advanced"):
             left, middle, right = st.columns(3)
             lds_order = left.number_input("LDS order n", 1, 100, previewed.lds_order, key="ft_lds_order",
@@ -105,9 +123,6 @@ else:
                                          previewed.importance_refresh_epochs, key="ft_importance_refresh_epochs")
             calibration = right.number_input("Calibration batches for importances", 1, 1000,
                                              previewed.calibration_batches, key="ft_calibration_batches")
-        corpus_problem = common.corpus_problem_of(model_info.get("data_source"))
-        if corpus_problem:
-            st.warning(f"{corpus_problem} Fine-tuning needs its training split.")
         submitted = st.form_submit_button("Start fine-tuning", type="primary", disabled=bool(corpus_problem))
     if submitted:
         target = common.runs_dir() / name
@@ -129,7 +144,7 @@ else:
                 args = job_args(source, target, config.check_layers(model.layer_names))
                 common.runs_dir().mkdir(parents=True, exist_ok=True)
                 job = jobs.submit(args, label=f"{common.display_name(source)} → {name} (ratio {config.ratio_text()})",
-                                  cwd=common.runs_dir())
+                                  owner=participant_name, cwd=common.runs_dir())
             except DynapruneError as error:
                 st.error(f"Could not start the job: {error}")
             else:
@@ -147,9 +162,18 @@ def job_title(job) -> str:
     return job.label or " ".join(job.args[:1]) or job.id
 
 
+def job_name(job) -> str:
+    """A job as the panel names it: its title, and whose it is when it is someone else's."""
+    return job_title(job) if job.owner == participant_name or not job.owner else f"{job_title(job)} ({job.owner})"
+
+
 def job_progress(job, events) -> float:
+    """The fraction done: what the job's command last reported (it moves within an epoch), else for a
+    job that reported none (an older one) its finished epochs of all it plans."""
     if job.state == jobs.SUCCEEDED:
         return 1.0
+    if job.progress is not None:
+        return job.progress.fraction
     try:
         config = config_of_job(job.args)
         planned = config.stages * config.epochs_per_stage
@@ -157,6 +181,26 @@ def job_progress(job, events) -> float:
         planned = 1
     done = sum(1 for event in events if event.get("event") == "epoch")
     return min(1.0, done / max(1, planned))
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress_text(job) -> str:
+    """The line under the progress bar: where a running job stands and the time it estimates is left."""
+    reported = job.progress
+    if job.state != jobs.RUNNING or reported is None:
+        return f"{job.state}: {job.message}"
+    text = f"{job.state}: {reported.task}, batch {reported.done} of {reported.total}"
+    if reported.detail:
+        text += f" ({reported.detail})"
+    if reported.remaining_s is not None:
+        text += f", about {duration_text(reported.remaining_s)} left"
+    return text
 
 
 def ask_to_cancel(job_id: str) -> None:
@@ -197,13 +241,19 @@ def jobs_panel():
     except DynapruneError as error:
         st.error(f"Cannot read the jobs folder: {error}")
         return
-    show_all = st.toggle("Show jobs of every command", key="ft_show_all")
-    listed = [job for job in reversed(everything) if show_all or job.args[:1] == ["prune"]]
+    left, right = st.columns(2)
+    # one's own jobs by default: without a name, those started without one (e.g. from the command line)
+    show_everyone = left.toggle("Show everyone's jobs", key="ft_show_everyone")
+    show_all = right.toggle("Show jobs of every command", key="ft_show_all")
+    listed = [job for job in reversed(everything) if (show_all or job.args[:1] == ["prune"])
+              and (show_everyone or job.owner == participant_name)]
     if not listed:
-        st.caption(f"No jobs yet (jobs live in {jobs.jobs_dir()}).")
+        whose = "" if show_everyone else " of yours" if participant_name else " without a name"
+        st.caption(f"No jobs{whose} yet (jobs live in {jobs.jobs_dir()}).")
         return
     table = pd.DataFrame([{
-        "job": job_title(job), "state": job.state, "details": job.label or " ".join(job.args),
+        "job": job_title(job), "participant": job.owner or "", "state": job.state,
+        "details": job.label or " ".join(job.args),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started_at)) if job.started_at else "",
         "message": job.message,
     } for job in listed])
@@ -212,16 +262,20 @@ def jobs_panel():
     if st.session_state.get("ft_job_select") not in by_id:  # e.g. hidden by the toggle: fall back on the newest
         preferred = st.session_state.get("ft_job")
         st.session_state["ft_job_select"] = preferred if preferred in by_id else listed[0].id
-    chosen_id = st.selectbox("Job", list(by_id), format_func=lambda id_: job_title(by_id[id_]), key="ft_job_select")
+    chosen_id = st.selectbox("Job", list(by_id), format_func=lambda id_: job_name(by_id[id_]), key="ft_job_select")
     job = by_id[chosen_id]
+    own = job.owner == participant_name
     if job.id == st.session_state.get("ft_job") and job.state in jobs.ACTIVE_STATES:
         st.info(f"Job {job_title(job)} is {job.state}.")  # the banner of a just-started job, gone once it ends
     events = jobs.read_metrics(job.id) if job.state != jobs.CORRUPT else []
     left, middle, right = st.columns([2, 1, 1])
-    left.progress(job_progress(job, events), text=f"{job.state}: {job.message}")
-    if job.state in jobs.ACTIVE_STATES:
+    left.progress(job_progress(job, events), text=progress_text(job))
+    if not own and (job.state in jobs.ACTIVE_STATES or job.resumable):
+        whose = f"{job.owner}'s job" if job.owner else "a job started without a name"
+        middle.caption(f"This is {whose}: it is cancelled or resumed from its owner's session.")
+    elif job.state in jobs.ACTIVE_STATES:
         cancel_controls(job, middle)
-    if job.resumable and middle.button("Resume", key=f"resume_{job.id}"):
+    if own and job.resumable and middle.button("Resume", key=f"resume_{job.id}"):
         try:
             jobs.resume(job.id)
         except DynapruneError as error:

@@ -7,6 +7,7 @@ from plotly.colors import hex_to_rgb
 
 from analysis.exploration import downsample_matrix, gate_names, gate_norms, norm_bands, pca_paths, unit_norm_paths
 from app import common
+from app.method_steps import help_text
 
 st.title("Trajectories")
 trajectory, source, sig = common.require_trajectory()
@@ -82,7 +83,7 @@ st.subheader("A weight matrix at one snapshot")
 left, right = st.columns([3, 1])
 step_options = [int(step) for step in steps]
 chosen_step = left.select_slider("Snapshot (training step)", step_options, value=step_options[-1], key="traj_snapshot",
-                                 help="The training step at which the snapshot was recorded.")
+                                 help=f"The training step at which the snapshot was recorded. T: {help_text('T')}")
 index = step_options.index(chosen_step)
 which = right.radio("Matrix", ["weight_hh", "weight_ih"], key="traj_which")
 matrix, row_block, column_block = cached_matrix(str(source), sig, layer, index, which)
