@@ -13,7 +13,6 @@ The curves and tables of runs are in analysis.run_curves.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -173,25 +172,51 @@ def unit_circle(n_points: int = 181) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angle), np.sin(angle)
 
 
-def mds_embedding(distances, n_components: int = 2, seed: int = 0) -> np.ndarray:
-    """Place units in the plane so their Euclidean distances follow the dynamics distances
-    (metric MDS on the precomputed matrix, classical-MDS start, seeded). Shape (H, n_components)."""
-    from sklearn.manifold import MDS
-
+def mds_embedding(distances, n_components: int = 2, seed: int = 0, max_iter: int = 300,
+                  eps: float = 1e-6) -> np.ndarray:
+    """Place units in the plane so their Euclidean distances follow the dynamics distances: metric
+    MDS on the precomputed matrix by SMACOF from the classical-MDS start, as scikit-learn's
+    MDS(metric="precomputed", init="classical_mds") computes it, in numpy (importing scikit-learn
+    takes seconds, longer than the whole fit for a layer of a few hundred units). Shape
+    (H, n_components). Deterministic; `seed` is kept for callers of the seeded version before it."""
     D = check_distances(distances)
     H = D.shape[0]
     if H <= n_components or not D.any():
         return np.zeros((H, n_components))  # nothing to spread out
-    options = inspect.signature(MDS).parameters
-    if "metric_mds" in options:  # scikit-learn >= 1.8 renamed the options
-        mds = MDS(n_components=n_components, metric="precomputed", metric_mds=True, init="classical_mds",
-                  random_state=seed, normalized_stress="auto")
-    else:
-        mds = MDS(n_components=n_components, dissimilarity="precomputed", n_init=1, random_state=seed)
-    embedding = mds.fit_transform(D)
-    # SMACOF's answer is defined up to rotation and reflection; fix the signs for stable pictures
+    embedding = _classical_mds(D, n_components)
+    current = _euclidean_distances(embedding)
+    old_stress = None
+    for _ in range(max_iter):  # Guttman transforms until the stress stops falling (scikit-learn's test)
+        current[current == 0] = 1e-5
+        ratio = D / current  # zero on the diagonal, so B = diag(row sums) - ratio need not be built
+        embedding = (ratio.sum(axis=1)[:, None] * embedding - ratio @ embedding) / H
+        current = _euclidean_distances(embedding)
+        stress = ((current - D) ** 2).sum() / 2
+        if old_stress is not None and (old_stress - stress) / ((current ** 2).sum() / 2) < eps:
+            break
+        old_stress = stress
+    # the answer is defined up to rotation and reflection; fix the signs for stable pictures
     flips = np.sign(embedding[np.abs(embedding).argmax(axis=0), np.arange(n_components)])
     return embedding * np.where(flips == 0, 1.0, flips)
+
+
+def _classical_mds(D: np.ndarray, n_components: int) -> np.ndarray:
+    """Torgerson's classical MDS: the top eigenvectors of the double-centred squared distances."""
+    B = D ** 2
+    B -= B.mean(axis=0)
+    B -= B.mean(axis=1, keepdims=True)
+    B *= -0.5
+    values, vectors = np.linalg.eigh(B)
+    values, vectors = values[::-1][:n_components], vectors[:, ::-1][:, :n_components]
+    vectors = vectors * np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(n_components)])
+    return np.sqrt(np.maximum(values, 0.0)) * vectors
+
+
+def _euclidean_distances(points: np.ndarray) -> np.ndarray:
+    squared = (points ** 2).sum(axis=1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * points @ points.T, 0.0))
+    np.fill_diagonal(distances, 0.0)
+    return distances
 
 
 def heatmap_order(distances, labels=None) -> np.ndarray:

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from analysis.corpus_availability import corpus_problem
@@ -313,14 +314,18 @@ def validation_for(path: Path | str):
         return None, str(error)
 
 
-@st.cache_data(max_entries=32, show_spinner="Fitting dynamics and computing distances...")
+@st.cache_resource(max_entries=32, show_spinner="Fitting dynamics and computing distances...")
 def layer_dynamics(path: str, sig: float, layer: str, order: int, horizon):
-    """(LDSFit, distance matrix, warnings) of one layer."""
+    """(LDSFit, distance matrix, warnings) of one layer. Shared, not copied (a fit of a large layer is
+    hundreds of MB, and pages read it on every slider move): its arrays are read-only."""
     traj = trajectory(path, sig)
     fit = fit_layer(traj, layer, order=order)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         distances = dynamics_distances(fit, horizon=horizon)
+    for array in (*vars(fit).values(), distances):
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
     return fit, distances, [str(w.message) for w in caught]
 
 

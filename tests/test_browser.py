@@ -163,6 +163,87 @@ def test_explore_and_move_the_pruning_slider(server, page):
     screenshot(page, "learn")
 
 
+def test_a_pruning_slider_move_reruns_only_the_preview(server, page):
+    """Everything below the Prune page's title is one fragment: a slider move reruns it, not the page
+    around it (the navigation, the trajectory's loading, the sidebar), as the server reports."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    finished = []
+
+    def frame(payload) -> None:
+        if isinstance(payload, (bytes, bytearray)):
+            message = ForwardMsg()
+            message.ParseFromString(bytes(payload))
+            if message.WhichOneof("type") == "script_finished":
+                finished.append(ForwardMsg.ScriptFinishedStatus.Name(message.script_finished))
+
+    def watch(socket) -> None:
+        socket.on("framereceived", frame)
+
+    page.on("websocket", watch)
+    try:
+        page.goto(server["url"])
+        settle(page)
+        open_page(page, "Prune")
+        assert finished[-1] == "FINISHED_SUCCESSFULLY"  # opening a page runs it whole
+        before = int(metric_value(page, "Units pruned in all"))
+        finished.clear()
+        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+        slider.focus()
+        slider.press("ArrowRight")
+        page.wait_for_function(
+            "([label, old]) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+            ".some(m => m.innerText.includes(label) && !m.innerText.includes(String(old)))",
+            arg=["Units pruned in all", before], timeout=PAGE_S * 1000)
+        settle(page)
+        assert int(metric_value(page, "Units pruned in all")) > before
+        assert finished and set(finished) == {"FINISHED_FRAGMENT_RUN_SUCCESSFULLY"}, finished
+    finally:
+        page.remove_listener("websocket", watch)
+
+
+def test_reference_results_offline_with_one_unpruned_perplexity(server, page):
+    """The runs behind docs/results.md come with the project: Compare shows them without any run of
+    one's own (it runs before the fine-tuning test adds one), their unpruned baseline is the number
+    the Prune page shows, and the trade-off view draws them against the unpruned model and the control."""
+    from analysis.reference_runs import find_reference_runs
+
+    if not find_reference_runs(corpus="synthetic"):
+        pytest.skip("no reference runs in docs/reference-runs/synthetic (python benchmarks/results.py writes them)")
+    page.goto(server["url"])
+    settle(page)
+    open_page(page, "Prune")
+    unpruned = metric_value(page, "Unpruned validation perplexity (full split)")
+    open_page(page, "Compare")
+    curves = page.locator(".js-plotly-plot").first
+    curves.wait_for()
+    assert "reference: dynamics-greedy-50" in curves.inner_text()
+    assert f"baseline {unpruned}" in curves.inner_text()
+    tradeoff = page.locator(".js-plotly-plot").nth(1)
+    tradeoff.wait_for()
+    assert "frontier" in tradeoff.inner_text() and "control" in tradeoff.inner_text()
+    screenshot(page, "compare-reference")
+    tradeoff.scroll_into_view_if_needed()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tradeoff.screenshot(path=str(SCREENSHOTS / "tradeoff.png"))
+    if find_reference_runs(corpus="ptb"):  # the PTB evidence, the same way
+        corpus = page.get_by_role("combobox", name="Corpus")
+        corpus.click()
+        corpus.fill("Penn Treebank")
+        corpus.press("Enter")
+        settle(page)
+        curves = page.locator(".js-plotly-plot").first
+        curves.wait_for()
+        assert "reference: magnitude-50" in curves.inner_text()
+        curves.screenshot(path=str(SCREENSHOTS / "reference-ptb.png"))
+        settle(page)
+        tradeoff = page.locator(".js-plotly-plot").nth(1)
+        tradeoff.wait_for()
+        assert "frontier" in tradeoff.inner_text()
+        tradeoff.scroll_into_view_if_needed()
+        tradeoff.screenshot(path=str(SCREENSHOTS / "tradeoff.png"))  # the PTB trade-off is the one to show
+
+
 @pytest.mark.skipif(not prune_command_available(), reason="the `dynaprune prune` command is not installed")
 @pytest.mark.timeout(FINE_TUNE_S + 300)
 def test_fine_tune_in_the_background_then_compare(server, page):
@@ -194,34 +275,3 @@ def test_fine_tune_in_the_background_then_compare(server, page):
     download.wait_for(timeout=PAGE_S * 1000)  # below the table, drawn after it
     assert download.count() == 1
     screenshot(page, "compare")
-
-
-def test_reference_results_offline_with_one_unpruned_perplexity(server, page):
-    """The runs behind docs/results.md come with the project: Compare shows them without any run of
-    one's own, their unpruned baseline is the number the Prune page shows, and the trade-off view
-    draws them against the unpruned model and the control."""
-    from analysis.reference_runs import find_reference_runs
-
-    if not find_reference_runs(corpus="synthetic"):
-        pytest.skip("no reference runs in docs/reference-runs/synthetic (python benchmarks/results.py writes them)")
-    page.goto(server["url"])
-    settle(page)
-    open_page(page, "Prune")
-    unpruned = metric_value(page, "Unpruned validation perplexity (full split)")
-    open_page(page, "Compare")
-    curves = page.locator(".js-plotly-plot").first
-    curves.wait_for()
-    assert "reference: dynamics-greedy-50" in curves.inner_text()
-    assert f"baseline {unpruned}" in curves.inner_text()
-    tradeoff = page.locator(".js-plotly-plot").nth(1)
-    tradeoff.wait_for()
-    assert "frontier" in tradeoff.inner_text() and "control" in tradeoff.inner_text()
-    screenshot(page, "compare-reference")
-    if find_reference_runs(corpus="ptb"):  # the PTB evidence, the same way
-        page.get_by_label("Corpus").click()
-        page.get_by_role("option", name="Penn Treebank").click()
-        settle(page)
-        curves = page.locator(".js-plotly-plot").first
-        curves.wait_for()
-        assert "reference: magnitude-50" in curves.inner_text()
-        screenshot(page, "compare-reference-ptb")

@@ -1,5 +1,7 @@
 """Tests of analysis.exploration: the numbers behind the dashboard's exploration pages."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -191,6 +193,19 @@ def test_mds_embedding_recovers_planar_distances():
     recovered = np.linalg.norm(embedding[:, None] - embedding[None], axis=2)
     np.testing.assert_allclose(recovered, D, atol=1e-3)
     np.testing.assert_array_equal(mds_embedding(D, seed=0), embedding)
+
+
+def test_mds_embedding_is_scikit_learns_smacof_from_the_classical_start():
+    """The numpy SMACOF gives the map scikit-learn's MDS gives (which the dashboard used to import)."""
+    manifold = pytest.importorskip("sklearn.manifold")
+    if "metric_mds" not in inspect.signature(manifold.MDS).parameters:
+        pytest.skip("scikit-learn before 1.8 has no classical-MDS start")
+    points = np.random.default_rng(5).normal(size=(30, 6))  # not planar: SMACOF has work to do
+    D = np.linalg.norm(points[:, None] - points[None], axis=2)
+    reference = manifold.MDS(n_components=2, metric="precomputed", metric_mds=True, init="classical_mds",
+                             normalized_stress="auto").fit_transform(D)
+    reference *= np.sign(reference[np.abs(reference).argmax(axis=0), [0, 1]])
+    np.testing.assert_allclose(mds_embedding(D), reference, atol=1e-9)
 
 
 def test_mds_embedding_of_identical_units_is_zero():

@@ -2,9 +2,10 @@
 units' dynamics, and the clusters of units that move alike."""
 import math
 
-import plotly.express as px
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.colors import qualitative
 
 from analysis.dynamics.criteria import cluster_units
 from analysis.exploration import (
@@ -34,6 +35,24 @@ def cached_clusters(path: str, sig: float, layer: str, order: int, horizon, n_cl
 def cached_paths(path: str, sig: float, layer: str, units: tuple):
     traj = common.trajectory(path, sig)
     return pca_paths(traj.unit_vectors(layer, units=list(units))).to_frame(traj.steps, units)
+
+
+def cluster_traces(embedding, labels) -> list[go.Scatter]:
+    """The MDS map coloured by cluster: one trace per cluster (a legend) when there are at most 20,
+    else one trace with a colour per point (a trace per cluster would make the figure slow to draw)."""
+    palette = np.array(qualitative.Plotly, dtype=object)
+    units = np.array([f"unit {k}" for k in range(len(labels))], dtype=object)
+    clusters = list(dict.fromkeys(labels.tolist()))  # in order of first appearance
+    hover = "%{hovertext}<br>cluster %{customdata}<extra></extra>"
+    if len(clusters) > 20:
+        rank = {cluster: i for i, cluster in enumerate(clusters)}
+        colours = palette[np.array([rank[label] for label in labels.tolist()]) % len(palette)]
+        return [go.Scatter(x=embedding[:, 0], y=embedding[:, 1], mode="markers", marker={"color": colours},
+                           hovertext=units, customdata=labels, hovertemplate=hover)]
+    return [go.Scatter(x=embedding[labels == cluster, 0], y=embedding[labels == cluster, 1], mode="markers",
+                       name=str(cluster), marker={"color": palette[i % len(palette)]},
+                       hovertext=units[labels == cluster], customdata=labels[labels == cluster], hovertemplate=hover)
+            for i, cluster in enumerate(clusters)]
 
 
 # ------------------------------------------------------------------ controls
@@ -73,9 +92,11 @@ columns[1].metric("Median one-step R²", f"{quality['prediction_r2'].median():.3
 columns[2].metric("Units with ρ(A) ≥ 1", int((quality["spectral_radius"] >= 1).sum()),
                   help=help_text("spectral_radius"))
 left, right = st.columns(2)
-long = quality.melt(id_vars="unit", value_vars=["explained_variance", "prediction_r2"], var_name="measure")
-left.plotly_chart(px.histogram(long, x="value", color="measure", barmode="overlay", nbins=30, height=320)
-                  .update_layout(margin={"t": 20, "b": 40}), key="dyn_quality")
+quality_figure = go.Figure([go.Histogram(x=quality[measure], name=measure, nbinsx=30, opacity=0.6)
+                            for measure in ("explained_variance", "prediction_r2")])
+quality_figure.update_layout(barmode="overlay", height=320, margin={"t": 20, "b": 40}, xaxis_title="value",
+                             yaxis_title="count", legend_title_text="measure")
+left.plotly_chart(quality_figure, key="dyn_quality")
 eigen = transition_eigenvalues(fit)
 circle_x, circle_y = unit_circle()
 eig_figure = go.Figure([go.Scatter(x=circle_x, y=circle_y, mode="lines", name="unit circle",
@@ -98,7 +119,8 @@ order_units = group_by_labels(common.tree_order(str(source), sig, layer, order, 
 view = heatmap_view(distances, order_units)
 left, right = st.columns(2)
 ticks = order_units.astype(str) if view.block == 1 else None
-heat = go.Figure(go.Heatmap(z=view.matrix, x=ticks, y=ticks, colorscale="Viridis", colorbar={"title": "d"}))
+heat = go.Figure(go.Heatmap(z=view.matrix.astype(np.float32), x=ticks, y=ticks, colorscale="Viridis",
+                            colorbar={"title": "d"}))
 heat.update_layout(height=480, margin={"t": 20, "b": 40}, yaxis={"autorange": "reversed", "type": "category"},
                    xaxis_title="unit, ordered by cluster", yaxis_title="unit, ordered by cluster",
                    xaxis={"type": "category", "showticklabels": H <= 64})
@@ -106,18 +128,17 @@ left.plotly_chart(heat, key="dyn_heatmap")
 left.caption("Units ordered so that each cluster is one block on the diagonal"
              + (f"; blocks of {view.block} units averaged." if view.block > 1 else "."))
 embedding = common.embedding(str(source), sig, layer, order, horizon)
-scatter = px.scatter(x=embedding[:, 0], y=embedding[:, 1], color=labels.astype(str),
-                     hover_name=[f"unit {k}" for k in range(H)],
-                     labels={"color": "cluster", "x": "MDS 1", "y": "MDS 2"},
-                     height=480)
-scatter.update_layout(margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20)
+scatter = go.Figure(cluster_traces(embedding, labels))
+scatter.update_layout(height=480, margin={"t": 20, "b": 40}, showlegend=n_clusters <= 20, xaxis_title="MDS 1",
+                      yaxis_title="MDS 2", legend_title_text="cluster")
 right.plotly_chart(scatter, key="dyn_embedding")
 right.caption("Units placed so that their plane distances follow the dynamics distances (MDS).", help=help_text("mds"))
 
 profile = distance_profile(distances)
-histogram = px.histogram(profile, x="distance", color="which", barmode="overlay", histnorm="probability",
-                         nbins=60, height=300, labels={"distance": "dynamics distance d", "which": ""})
-histogram.update_layout(margin={"t": 20, "b": 40}, yaxis_title="share")
+histogram = go.Figure([go.Histogram(x=rows["distance"], name=which, histnorm="probability", nbinsx=60, opacity=0.6)
+                       for which, rows in profile.groupby("which", sort=False)])
+histogram.update_layout(barmode="overlay", height=300, margin={"t": 20, "b": 40}, xaxis_title="dynamics distance d",
+                        yaxis_title="share")
 st.plotly_chart(histogram, key="dyn_distance_profile")
 st.caption("Where the heatmap looks uniform, the nearest-unit distances still spread out: units with a near twin "
            "in dynamics sit on the left. The default criterion (dynamics-greedy) removes weak units with a near "
@@ -132,7 +153,10 @@ neighbours = nearest_neighbours(distances, unit, k, labels=labels)
 left.dataframe(neighbours, hide_index=True, width="stretch")
 chosen = (unit, *neighbours["unit"].tolist())
 paths = cached_paths(str(source), sig, layer, tuple(int(u) for u in chosen))
-paths["unit"] = paths["unit"].astype(str)
-right.plotly_chart(px.line(paths, x="pc1", y="pc2", color="unit", markers=True, hover_data=["step"], height=380)
-                   .update_layout(margin={"t": 20, "b": 40}), key="dyn_unit_paths")
+path_figure = go.Figure([go.Scatter(x=rows["pc1"], y=rows["pc2"], mode="lines+markers", name=str(path_unit),
+                                     customdata=rows["step"], hovertemplate="step %{customdata}<br>%{x:.3f}, %{y:.3f}")
+                          for path_unit, rows in paths.groupby("unit", sort=False)])
+path_figure.update_layout(height=380, margin={"t": 20, "b": 40}, xaxis_title="pc1", yaxis_title="pc2",
+                          legend_title_text="unit")
+right.plotly_chart(path_figure, key="dyn_unit_paths")
 right.caption(f"Weight-vector paths of unit {unit} and its {k} nearest neighbours in dynamics distance.")

@@ -1,9 +1,8 @@
 """Trajectories page: how the weights move during training: norms per gate, the path of chosen
 units' weight vectors in their principal plane, and a weight matrix at any snapshot."""
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import hex_to_rgb
+from plotly.colors import hex_to_rgb, qualitative
 
 from analysis.exploration import downsample_matrix, gate_names, gate_norms, norm_bands, pca_paths, unit_norm_paths
 from app import common
@@ -40,7 +39,7 @@ st.caption("For each gate block g, the spread of `‖[W_ih[gH+k,:], W_hh[gH+k,:]
 norms = cached_norms(str(source), sig, layer)
 bands = norm_bands(norms, steps, gate_names(info))
 figure = go.Figure()
-palette = px.colors.qualitative.Plotly
+palette = qualitative.Plotly
 for number, gate in enumerate(gate_names(info)):
     rows = bands[bands["gate"] == gate]
     colour = palette[number % len(palette)]
@@ -63,19 +62,25 @@ units = left.multiselect("Units", list(range(H)), default=list(range(min(4, H)))
 dims = right.radio("Dimensions", [2, 3], horizontal=True, key="traj_dims")
 if units:
     frame = cached_paths(str(source), sig, layer, tuple(units), dims)
-    frame["unit"] = frame["unit"].astype(str)
+    path_figure = go.Figure()
+    for unit, rows in frame.groupby("unit", sort=False):
+        points = {"x": rows["pc1"], "y": rows["pc2"], "mode": "lines+markers", "name": str(unit),
+                  "customdata": rows["step"], "hovertemplate": "step %{customdata}"}
+        path_figure.add_trace(go.Scatter3d(z=rows["pc3"], **points) if dims == 3 else go.Scatter(**points))
+    path_figure.update_layout(height=460, margin={"t": 20, "b": 40}, legend_title_text="unit")
     if dims == 3:
-        path_figure = px.line_3d(frame, x="pc1", y="pc2", z="pc3", color="unit", hover_data=["step"], markers=True)
+        path_figure.update_scenes(xaxis_title="pc1", yaxis_title="pc2", zaxis_title="pc3")
     else:
-        path_figure = px.line(frame, x="pc1", y="pc2", color="unit", hover_data=["step"], markers=True)
-    path_figure.update_layout(height=460, margin={"t": 20, "b": 40})
+        path_figure.update_layout(xaxis_title="pc1", yaxis_title="pc2")
     st.plotly_chart(path_figure, key="traj_pca")
     st.caption("Each unit's weight vector w_k(t) at every snapshot, projected on the principal axes of all the "
                "points shown; markers are snapshots, in training order.")
     whole = unit_norm_paths(norms, steps, units)
-    whole["unit"] = whole["unit"].astype(str)
-    st.plotly_chart(px.line(whole, x="step", y="norm", color="unit", height=260).update_layout(
-        margin={"t": 10, "b": 40}, yaxis_title="‖w_k(t)‖"), key="traj_unit_norms")
+    norm_figure = go.Figure([go.Scatter(x=rows["step"], y=rows["norm"], mode="lines", name=str(unit))
+                             for unit, rows in whole.groupby("unit", sort=False)])
+    norm_figure.update_layout(height=260, margin={"t": 10, "b": 40}, xaxis_title="step", yaxis_title="‖w_k(t)‖",
+                              legend_title_text="unit")
+    st.plotly_chart(norm_figure, key="traj_unit_norms")
 else:
     st.info("Choose at least one unit.")
 
@@ -87,7 +92,7 @@ chosen_step = left.select_slider("Snapshot (training step)", step_options, value
 index = step_options.index(chosen_step)
 which = right.radio("Matrix", ["weight_hh", "weight_ih"], key="traj_which")
 matrix, row_block, column_block = cached_matrix(str(source), sig, layer, index, which)
-heat = go.Figure(go.Heatmap(z=matrix, colorscale="RdBu", zmid=0.0))
+heat = go.Figure(go.Heatmap(z=matrix.astype("float32"), colorscale="RdBu", zmid=0.0))  # half the bytes to send
 heat.update_layout(height=520, margin={"t": 20, "b": 40}, yaxis={"autorange": "reversed"},
                    xaxis_title="column" + (f" (blocks of {column_block})" if column_block > 1 else ""),
                    yaxis_title="row g*H + k" + (f" (blocks of {row_block})" if row_block > 1 else ""))
