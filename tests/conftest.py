@@ -98,3 +98,14 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 except ImportError:  # hypothesis is in the test extra; without it only the property tests are skipped
     pass
+
+
+@pytest.fixture
+def env(samples, jobs_home, tmp_path, monkeypatch) -> Path:
+    """The dashboard's settings for one test: the samples, its own runs folder and jobs home, one
+    thread, and no reference runs unless the test adds some (under tmp_path/reference-runs)."""
+    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
+    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
+    monkeypatch.setenv("DYNAPRUNE_REFERENCE_DIR", str(tmp_path / "reference-runs"))
+    return tmp_path

@@ -36,15 +36,6 @@ PAGES = ["views/start.py", "views/data.py", "views/trajectories.py", "views/dyna
 TIMEOUT_S = 60
 
 
-@pytest.fixture()
-def env(samples, jobs_home, tmp_path, monkeypatch):
-    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
-    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
-    monkeypatch.setenv("DYNAPRUNE_REFERENCE_DIR", str(tmp_path / "reference-runs"))  # none unless a test adds some
-    return tmp_path
-
-
 def open_page(page: str) -> AppTest:
     app = AppTest.from_file(MAIN, default_timeout=TIMEOUT_S)
     app.run()

@@ -31,12 +31,8 @@ TIMEOUT_S = 60
 
 
 @pytest.fixture()
-def room(samples, jobs_home, tmp_path, monkeypatch):
-    """The dashboard's settings for one test: its own runs folder, jobs home, empty PTB cache."""
-    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
-    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
-    monkeypatch.setenv("DYNAPRUNE_REFERENCE_DIR", str(tmp_path / "reference-runs"))
+def room(env, tmp_path, monkeypatch):
+    """The dashboard's settings for one test (conftest's env), with an empty PTB cache."""
     monkeypatch.delenv("DYNAPRUNE_PTB_DIR", raising=False)
     monkeypatch.delenv(download.PTB_URL_ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no downloaded Penn Treebank either

@@ -23,15 +23,6 @@ STEP_CHARTS = {"log": "learn_norms", "signal": "learn_paths", "lds": "learn_eige
                "stages": "learn_schedule"}
 
 
-@pytest.fixture()
-def env(samples, jobs_home, tmp_path, monkeypatch):
-    monkeypatch.setenv("DYNAPRUNE_SAMPLES_DIR", str(samples))
-    monkeypatch.setenv("DYNAPRUNE_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DYNAPRUNE_DASHBOARD_THREADS", "1")
-    monkeypatch.setenv("DYNAPRUNE_REFERENCE_DIR", str(tmp_path / "reference-runs"))
-    return tmp_path
-
-
 def start(query: dict | None = None, page: str | None = None) -> AppTest:
     """The dashboard opened at `query` (the URL's query parameters), on its start page or on `page`."""
     app = AppTest.from_file(MAIN, default_timeout=TIMEOUT_S)
