@@ -63,6 +63,9 @@ def sources(work_dir: Path) -> dict[str, Source]:
         Source("lstm-seed2", made / "lstm-seed2", ("--preset", "ptb-small", "--seed", "2", *dense)),
         Source("lstm-seed3", made / "lstm-seed3", ("--preset", "ptb-small", "--seed", "3", *dense)),
         Source("gru-seed1", made / "gru-seed1", ("--preset", "ptb-small-gru", "--seed", "1", *dense)),
+        # the second round's fresh sources: no setting of any round was chosen while they existed
+        Source("lstm-seed4", made / "lstm-seed4", ("--preset", "ptb-small", "--seed", "4", *dense)),
+        Source("gru-seed2", made / "gru-seed2", ("--preset", "ptb-small-gru", "--seed", "2", *dense)),
     ]
     return {source.name: source for source in listed}
 

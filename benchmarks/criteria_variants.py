@@ -26,8 +26,11 @@ class Variant:
     window: str = "all"        # "all" or "late": snapshots from half the training steps on
     order: int = 4
     horizon: int | None = None
-    importance: str = "norm"   # "norm" (final weight-vector norm) or "taylor"
+    importance: str = "norm"   # "norm" (final weight-vector norm), "taylor", or "blend" (their geometric mean)
     beta: float = 1.0          # greedy: weight of redundancy against importance
+    batches: int = 16          # Taylor importance: calibration batches
+    steps: int = 1             # remove the units in this many chunks, measuring the Taylor importance
+                               # again on the model cut so far before each chunk (1: one measurement)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -51,6 +54,23 @@ VARIANTS: dict[str, Variant] = {
     "greedy-dynamics-taylor": Variant("greedy", importance="taylor"),
     "greedy-dynamics-taylor-order8": Variant("greedy", order=8, importance="taylor"),
     "greedy-dynamics-taylor-b0.5": Variant("greedy", importance="taylor", beta=0.5),
+    # second round (tuned on ptb-small and lstm-seed2): the Taylor importance measured again as the
+    # model is cut, on more batches, or blended with the final norm
+    "taylor-b64": Variant("rank", distance="none", importance="taylor", batches=64),
+    "taylor-iter": Variant("rank", distance="none", importance="taylor", steps=8),
+    "taylor-iter-b64": Variant("rank", distance="none", importance="taylor", batches=64, steps=8),
+    "blend": Variant("rank", distance="none", importance="blend"),
+    "greedy-dynamics-blend-order8": Variant("greedy", order=8, importance="blend"),
+    "greedy-dynamics-taylor-iter-order8": Variant("greedy", order=8, importance="taylor", steps=8),
+    "greedy-dynamics-taylor-iter-b64-order8": Variant("greedy", order=8, importance="taylor", batches=64, steps=8),
+    "greedy-dynamics-taylor-iter-b64-order8-b0.5": Variant("greedy", order=8, importance="taylor", batches=64,
+                                                          steps=8, beta=0.5),
+    "greedy-dynamics-taylor-iter-b64-order8-b2": Variant("greedy", order=8, importance="taylor", batches=64,
+                                                        steps=8, beta=2.0),
+    "greedy-trajectory-cosine-taylor-iter-b64": Variant("greedy", distance="trajectory-cosine", importance="taylor",
+                                                        batches=64, steps=8),
+    "greedy-final-cosine-taylor-iter-b64": Variant("greedy", distance="final-cosine", importance="taylor",
+                                                   batches=64, steps=8),
     "greedy-final-cosine": Variant("greedy", distance="final-cosine"),
     "greedy-trajectory-cosine": Variant("greedy", distance="trajectory-cosine"),
 }
@@ -97,38 +117,69 @@ class SourceUnits:
             return _cosine_distances(np.transpose(centred, (1, 0, 2)).reshape(Y.shape[1], -1))
         raise ValueError(f"unknown distance {variant.distance!r}")
 
-    def importance(self, layer: str, kind: str) -> np.ndarray:
+    def importance(self, layer: str, kind: str, batches: int = 16) -> np.ndarray:
         if kind == "norm":
             return self._cached(("norm", layer), lambda: np.linalg.norm(self.unit_vectors(layer)[-1], axis=1))
         if kind == "taylor":
-            return self._cached(("taylor",), self._taylor)[layer]
+            return self._cached(("taylor", batches), lambda: self.taylor(self.model, batches))[layer]
+        if kind == "blend":  # geometric mean of the two, each scaled to a largest value of 1
+            norm = self.importance(layer, "norm")
+            return np.sqrt(norm / norm.max() * self.importance(layer, "taylor", batches))
         raise ValueError(f"unknown importance {kind!r}")
 
-    def _taylor(self) -> dict[str, np.ndarray]:
+    def taylor(self, model: torch.nn.Module, batches: int) -> dict[str, np.ndarray]:
         from analysis.pruning.importance import unit_importances
 
-        return unit_importances(self.model, self.calibration_tokens, max_batches=16)
+        return unit_importances(model, self.calibration_tokens, max_batches=batches)
 
 
 def choose_kept_units(units: SourceUnits, variant: Variant, ratio: float, seed: int = 0) -> dict[str, np.ndarray]:
+    if variant.steps > 1:
+        return _choose_iteratively(units, variant, ratio)
     kept = {}
     for layer, rnn in zip(units.model.layer_names, units.model.rnns):
         H = rnn.hidden_size
         n_prune = units_to_prune(H, ratio)
+        importance = None if variant.rule == "random" else units.importance(layer, variant.importance, variant.batches)
         if variant.rule == "random":
             rng = np.random.default_rng([seed, zlib.crc32(layer.encode())])
             pruned = rng.choice(H, size=n_prune, replace=False)
         elif variant.rule == "rank":
-            pruned = np.argsort(units.importance(layer, variant.importance), kind="stable")[:n_prune]
+            pruned = np.argsort(importance, kind="stable")[:n_prune]
         elif variant.rule == "clusters":  # the library's clustering rule, each cluster keeping its strongest unit
-            pruned = CRITERIA["dynamics"].choose_pruned(n_prune, units.distances(layer, variant),
-                                                        units.importance(layer, variant.importance), None)[0]
+            pruned = CRITERIA["dynamics"].choose_pruned(n_prune, units.distances(layer, variant), importance, None)[0]
         elif variant.rule == "greedy":
-            pruned = greedy_redundancy(units.distances(layer, variant), units.importance(layer, variant.importance),
-                                       n_prune, variant.beta)
+            pruned = greedy_redundancy(units.distances(layer, variant), importance, n_prune, variant.beta)
         else:
             raise ValueError(f"unknown rule {variant.rule!r}")
         kept[layer] = np.setdiff1d(np.arange(H), pruned)
+    return kept
+
+
+def _choose_iteratively(units: SourceUnits, variant: Variant, ratio: float) -> dict[str, np.ndarray]:
+    """Remove the units in `variant.steps` equal chunks; before each chunk, cut the model to the units
+    kept so far and measure their Taylor importance on it (the rule then runs on the kept units'
+    distances and those importances)."""
+    from analysis.pruning.surgery import prune_units
+
+    if variant.importance != "taylor" or variant.rule not in ("rank", "greedy"):
+        raise ValueError("iterative choice needs the Taylor importance and the rank or greedy rule")
+    kept = {layer: np.arange(rnn.hidden_size) for layer, rnn in zip(units.model.layer_names, units.model.rnns)}
+    totals = {layer: units_to_prune(len(indices), ratio) for layer, indices in kept.items()}
+    for step in range(1, variant.steps + 1):
+        model = units.model if step == 1 else prune_units(units.model, kept)
+        importance = units.taylor(model, variant.batches)
+        for layer in kept:
+            removed_so_far = units.model.rnns[units.model.layer_names.index(layer)].hidden_size - len(kept[layer])
+            n_now = round(totals[layer] * step / variant.steps) - removed_so_far
+            if n_now <= 0:
+                continue
+            if variant.rule == "rank":
+                local = np.argsort(importance[layer], kind="stable")[:n_now]
+            else:
+                sub = units.distances(layer, variant)[np.ix_(kept[layer], kept[layer])]
+                local = greedy_redundancy(sub, importance[layer], n_now, variant.beta)
+            kept[layer] = np.delete(kept[layer], local)
     return kept
 
 

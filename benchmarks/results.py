@@ -66,7 +66,8 @@ VARIANTS = {"control-0": "no pruning, the same fine-tuning (control)",
             "da-l2-1e-3-50": "DA-L2 lambda 1e-3"}
 ABLATIONS = ("dynamics-50", "one-shot-50", "no-distillation-50", "plain-l2-50", "no-regularization-50",
              "da-l2-1e-4-50", "da-l2-1e-3-50")
-OTHER_CRITERIA = ("dynamics-taylor-50", "taylor-50")  # the Taylor-importance criteria, full method at 50%
+# the Taylor-importance criteria, full method at 50%
+OTHER_CRITERIA = ("taylor-iterative-50", "dynamics-taylor-iterative-50", "dynamics-taylor-50", "taylor-50")
 DOCUMENT_ORDER = ([f"{c}-{r}" for r in RATIOS for c in COMPARED] + ["control-0"] + list(OTHER_CRITERIA)
                   + list(ABLATIONS))
 
@@ -105,6 +106,11 @@ def run_corpus(corpus: str, args) -> int:
     """Run every row of one corpus not yet exported; 143 if stopped by SIGTERM or Ctrl-C, 1 if a row failed."""
     spec = corpus_spec(corpus, args)
     done = set() if args.rerun else {path.name for path in find_reference_runs(args.reference_dir, corpus)}
+    if args.rows:
+        unknown = sorted(set(args.rows) - set(spec.named_points))
+        if unknown:
+            raise SystemExit(f"--rows: {corpus} has no row(s) {unknown}; its rows are {list(spec.named_points)}")
+        done |= {f"{name}_seed-{seed}" for name in spec.named_points if name not in args.rows for seed in spec.seeds}
     result = run_sweep(spec, args.work_dir / corpus, backend="ray" if args.address else "local",
                        address=args.address, max_parallel=args.workers, skip=done,
                        log=lambda line: print(f"[{corpus}] {line}", flush=True),
@@ -336,6 +342,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--document-only", action="store_true",
                         help="rewrite the document from the exported rows without running anything")
     parser.add_argument("--rerun", action="store_true", help="run rows again even when they were exported")
+    parser.add_argument("--rows", nargs="+", metavar="ROW", help="run only these rows (names of the specs' points)")
     parser.add_argument("--workers", type=int, default=1,
                         help="rows run at the same time (default 1; on two cores, 2 with --threads 1)")
     parser.add_argument("--address", help="run the rows on this Ray cluster (docs/scaling.md; the work directory "

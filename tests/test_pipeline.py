@@ -398,3 +398,41 @@ def test_the_taylor_criteria_read_the_teachers_taylor_importances(tmp_path, sour
     with pytest.raises(InvalidInputError, match="calibration tokens"):
         choose_units(teacher, source_run / "trajectory", {k: len(v) for k, v in kept.items()},
                      PipelineConfig(ratio=0.5, stages=1, criterion=criterion, dry_run=True), 1)
+
+
+@pytest.mark.slow  # trains a source model
+@pytest.mark.parametrize("criterion", ["taylor-iterative", "dynamics-taylor-iterative"])
+def test_iterative_criteria_measure_again_on_the_model_cut_so_far(monkeypatch, source_run, corpus, criterion):
+    from analysis.dynamics.criteria import CRITERIA
+    from analysis.pruning import stages
+
+    teacher, _ = load_model(source_run / "best.pt")
+    measured_sizes = []
+
+    def bias_norms(model):  # each unit's own gate biases: surgery keeps them as they are
+        return {layer: rnn.bias_ih_l0.detach().reshape(-1, rnn.hidden_size).norm(dim=0).double().numpy()
+                for layer, rnn in zip(model.layer_names, model.rnns)}
+
+    def measure(model, tokens, max_batches):  # a stand-in importance that reads the model it is given
+        measured_sizes.append({layer: rnn.hidden_size for layer, rnn in zip(model.layer_names, model.rnns)})
+        return bias_norms(model)
+
+    monkeypatch.setattr(stages, "unit_importances", measure)
+    target = {layer: size // 2 for layer, size in zip(teacher.layer_names, SOURCE_SIZES)}
+    config = PipelineConfig(ratio=0.5, stages=1, criterion=criterion)
+    plan = stages.choose_units(teacher, source_run / "trajectory", target, config, 1, calibration_tokens=corpus.train)
+
+    chunks = CRITERIA[criterion].measurement_chunks
+    assert chunks > 1 and len(measured_sizes) == chunks
+    for layer, size in zip(teacher.layer_names, SOURCE_SIZES):
+        sizes = [measured[layer] for measured in measured_sizes]
+        assert sizes[0] == size and sizes == sorted(sizes, reverse=True) and sizes[-1] > target[layer]
+        # the chunks remove the units evenly: each measurement sees the layer cut by whole chunks
+        assert [size - s for s in sizes] == [round((size - target[layer]) * c / chunks) for c in range(chunks)]
+        assert len(plan.kept[layer]) == target[layer]
+        assert sorted(np.concatenate([plan.kept[layer], plan.pruned[layer]]).tolist()) == list(range(size))
+    if criterion == "taylor-iterative":
+        # an importance that does not change as units go: chunk by chunk gives what one ranking gives
+        for layer, scores in bias_norms(teacher).items():
+            strongest = np.sort(np.argsort(scores, kind="stable")[len(scores) - target[layer]:])
+            assert plan.kept[layer].tolist() == strongest.tolist()

@@ -8,6 +8,10 @@ Each criterion says which importance it reads (`importance_source`): FINAL_NORM,
 unit's final weight vector (from the trajectory alone), or TAYLOR, the first-order Taylor importance
 of METHOD section 7 measured on a few training batches (analysis.pruning.importance), which needs the
 model and its corpus: the pruning pipeline measures it; a caller of select_units passes it.
+A Taylor criterion with `measurement_chunks` > 1 removes its units in that many equal chunks and
+measures the importances again, on `calibration_batches` batches, on the model cut so far before
+each chunk (the pipeline does this: analysis.pruning.stages.choose_units); `select_units` applies
+one chunk's choice.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ class SelectionCriterion(Protocol):
     needs_distances: bool
     needs_importance: bool
     importance_source: str
+    measurement_chunks: int            # > 1: Taylor importances measured again before each chunk
+    calibration_batches: int | None    # batches per measurement; None: the pipeline's setting
 
     def choose_pruned(self, n_prune: int, distances: np.ndarray | None, importance: np.ndarray | None,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
@@ -44,6 +50,7 @@ class DynamicsRedundancy:
     needs_distances = True
     needs_importance = False
     importance_source = FINAL_NORM
+    measurement_chunks, calibration_batches = 1, None
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0]
         labels = cluster_units(distances, H - n_prune)
@@ -73,6 +80,7 @@ class GreedyDynamicsRedundancy:
     needs_distances = True
     needs_importance = True
     importance_source = FINAL_NORM
+    measurement_chunks, calibration_batches = 1, None
     def choose_pruned(self, n_prune, distances, importance, rng):
         removal = greedy_removal_order(distances, importance, n_prune)
         return np.sort(removal.units).astype(np.int64), None
@@ -123,6 +131,7 @@ class MagnitudeCriterion:
     needs_distances = False
     needs_importance = True
     importance_source = FINAL_NORM
+    measurement_chunks, calibration_batches = 1, None
 
     def choose_pruned(self, n_prune, distances, importance, rng):
         order = np.argsort(importance, kind="stable")
@@ -136,6 +145,7 @@ class RandomCriterion:
     needs_distances = False
     needs_importance = False
     importance_source = FINAL_NORM  # not read
+    measurement_chunks, calibration_batches = 1, None
 
     def choose_pruned(self, n_prune, distances, importance, rng):
         H = distances.shape[0] if distances is not None else importance.shape[0]
@@ -157,9 +167,31 @@ class TaylorCriterion(MagnitudeCriterion):
     importance_source = TAYLOR
 
 
+# chosen in docs/criteria.md (second round): eight chunks, 64 batches per measurement
+ITERATIVE_CHUNKS, ITERATIVE_CALIBRATION_BATCHES = 8, 64
+
+
+class IterativeTaylorCriterion(TaylorCriterion):
+    """Prune by Taylor importance in eight chunks, measuring the importances again on the model cut
+    so far before each chunk: a unit that mattered only alongside units already removed is seen
+    for what it is now. No dynamics; in docs/criteria.md it cut far better than magnitude."""
+
+    name = "taylor-iterative"
+    measurement_chunks, calibration_batches = ITERATIVE_CHUNKS, ITERATIVE_CALIBRATION_BATCHES
+
+
+class GreedyDynamicsTaylorIterative(GreedyDynamicsTaylor):
+    """The greedy dynamics rule with Taylor importances measured again before each of eight chunks
+    (dynamics-taylor, iterated like taylor-iterative)."""
+
+    name = "dynamics-taylor-iterative"
+    measurement_chunks, calibration_batches = ITERATIVE_CHUNKS, ITERATIVE_CALIBRATION_BATCHES
+
+
 CRITERIA: dict[str, SelectionCriterion] = {
     c.name: c for c in (GreedyDynamicsRedundancy(), DynamicsRedundancy(), MagnitudeCriterion(), RandomCriterion(),
-                        GreedyDynamicsTaylor(), TaylorCriterion())}
+                        GreedyDynamicsTaylor(), TaylorCriterion(), IterativeTaylorCriterion(),
+                        GreedyDynamicsTaylorIterative())}
 # what the dashboard's live preview can apply: the criteria that read the trajectory alone
 TRAJECTORY_CRITERIA = [name for name, criterion in CRITERIA.items() if criterion.importance_source == FINAL_NORM]
 

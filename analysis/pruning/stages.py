@@ -10,13 +10,16 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from analysis.dynamics.criteria import CRITERIA, TAYLOR
-from analysis.dynamics.selection import PruningPlan, final_norm_importance, select_units
+from analysis.dynamics.selection import LayerPlan, PruningPlan, final_norm_importance, select_units
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.lm.model import RNNLanguageModel
 from analysis.lm.training_config import TrainConfig, steps_per_epoch
 from analysis.pruning.config import DRY_RUN_LIMITS, PipelineConfig
 from analysis.pruning.importance import unit_importances
+from analysis.pruning.surgery import prune_units
 from analysis.runs import TRAJECTORY_DIR
 
 
@@ -44,7 +47,9 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
 def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
                  config: PipelineConfig, stage: int, calibration_tokens=None) -> PruningPlan:
     """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer).
-    A criterion that reads Taylor importances measures them on `calibration_tokens` (the training split)."""
+    A criterion that reads Taylor importances measures them on `calibration_tokens` (the training split);
+    one with several measurement chunks removes its units chunk by chunk, measuring them again on the
+    teacher cut so far before each chunk."""
     from analysis.trajectories.trajectory import load_trajectory
 
     criterion = CRITERIA[config.criterion]
@@ -59,27 +64,46 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
     elif criterion.needs_distances:
         raise InvalidInputError(f"the {config.criterion} criterion needs the trajectory the model's weights followed "
                                 f"in training; start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
-    taylor = None
-    if criterion.importance_source == TAYLOR:
-        if calibration_tokens is None:
-            raise InvalidInputError(f"the {config.criterion} criterion measures unit importances on training batches; "
-                                    f"give the calibration tokens")
-        batches = DRY_RUN_LIMITS["calibration_batches"] if config.dry_run else config.calibration_batches
-        taylor = unit_importances(teacher, calibration_tokens, max_batches=batches)
-    distances, importance, ratio = {}, {}, {}
+    taylor = criterion.importance_source == TAYLOR
+    if taylor and calibration_tokens is None:
+        raise InvalidInputError(f"the {config.criterion} criterion measures unit importances on training batches; "
+                                f"give the calibration tokens")
+    batches = (DRY_RUN_LIMITS["calibration_batches"] if config.dry_run
+               else criterion.calibration_batches or config.calibration_batches)
+    distances = {}
     for layer in kept_target:
-        ratio[layer] = (sizes[layer] - kept_target[layer]) / sizes[layer]
-        # no trajectory: the model's own unit weight vectors are the final ones
-        importance[layer] = (taylor[layer] if taylor is not None
-                             else final_norm_importance(trajectory if trajectory is not None else teacher, layer))
         distances[layer] = None
-        if criterion.needs_distances and ratio[layer] > 0:
+        if criterion.needs_distances and kept_target[layer] < sizes[layer]:
             from analysis.dynamics.distances import dynamics_distances
             from analysis.dynamics.lds import fit_layer
 
             fit = fit_layer(trajectory, layer, order=min(config.lds_order, len(trajectory) - 1))
             distances[layer] = dynamics_distances(fit, horizon=config.horizon)
-    plan = select_units(distances, ratio, criterion=config.criterion, importance=importance, seed=config.seed + stage)
+    chunks = criterion.measurement_chunks if taylor else 1
+    kept = {layer: np.arange(sizes[layer]) for layer in kept_target}
+    for chunk in range(1, chunks + 1):
+        model = teacher if chunk == 1 else prune_units(teacher, kept)
+        measured = unit_importances(model, calibration_tokens, max_batches=batches) if taylor else None
+        sub_distances, importance, ratio = {}, {}, {}
+        for layer, indices in kept.items():
+            removed = sizes[layer] - len(indices)
+            n_now = round((sizes[layer] - kept_target[layer]) * chunk / chunks) - removed
+            ratio[layer] = n_now / len(indices)
+            # no trajectory: the model's own unit weight vectors are the final ones
+            importance[layer] = (measured[layer] if taylor
+                                 else final_norm_importance(trajectory if trajectory is not None else teacher, layer))
+            full = distances[layer]
+            sub_distances[layer] = None if full is None else full[np.ix_(indices, indices)]
+        plan = select_units(sub_distances, ratio, criterion=config.criterion, importance=importance,
+                            seed=config.seed + stage)
+        if chunks == 1:
+            break
+        kept = {layer: indices[plan.layers[layer].kept] for layer, indices in kept.items()}
+    if chunks > 1:
+        plan = PruningPlan(criterion=config.criterion, layers={
+            layer: LayerPlan(layer=layer, hidden_size=sizes[layer], kept=indices,
+                             pruned=np.setdiff1d(np.arange(sizes[layer]), indices))
+            for layer, indices in kept.items()})
     for layer, target in kept_target.items():
         if len(plan.layers[layer].kept) != target:
             raise DynapruneError(
