@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from analysis.dynamics.criteria import DEFAULT_CRITERION
+from analysis.dynamics.criteria import DEFAULT_CRITERION, DEFAULT_TRAJECTORY_CRITERION
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.runs import METRICS_FILE, PIPELINE_FILE, read_run_metrics, run_kind
 from analysis.utils.fileio import atomic_write_json, atomic_write_text, read_json_object
@@ -34,8 +34,10 @@ REFERENCE_DIR_VARIABLE = "DYNAPRUNE_REFERENCE_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE_ROOT = PROJECT_ROOT / "docs" / "reference-runs"
 _PATH_KEYS = ("source", "source_model")
-# the rows a reader looks at first: the default criterion, its two baselines and the control, at 50%
-HEADLINE_ROWS = (f"{DEFAULT_CRITERION}-50", "magnitude-50", "random-50", "control-0")
+# the rows a reader looks at first, at 50%: the default criterion, the default dynamics criterion, their
+# two baselines and the control
+HEADLINE_ROWS = (f"{DEFAULT_CRITERION}-50", f"{DEFAULT_TRAJECTORY_CRITERION}-50", "magnitude-50", "random-50",
+                 "control-0")
 
 
 def reference_root() -> Path:

@@ -244,14 +244,16 @@ def test_ablation_switches_change_what_they_should(tmp_path, source_run, corpus,
 
 
 @pytest.mark.slow  # trains a source model and runs the pipeline
-def test_a_model_file_without_a_trajectory_prunes_by_magnitude_but_not_by_dynamics(tmp_path, source_run, corpus):
+def test_a_model_file_without_a_trajectory_prunes_by_importance_but_not_by_dynamics(tmp_path, source_run, corpus):
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(source_run / "best.pt", alone / "model.pt")
     with pytest.raises(InvalidInputError, match="trajectory"):
-        prune(alone / "model.pt", tmp_path / "dynamics", corpus, stages=1, dry_run=True)
-    result = prune(alone / "model.pt", tmp_path / "magnitude", corpus, stages=1, criterion="magnitude", dry_run=True)
-    assert result.model.config.hidden_sizes == [6, 5]
+        prune(alone / "model.pt", tmp_path / "dynamics", corpus, stages=1, criterion="dynamics-greedy", dry_run=True)
+    for criterion in ("magnitude", None):  # None: the default, taylor-iterative, reads the model and its corpus
+        options = {"criterion": criterion} if criterion else {}
+        result = prune(alone / "model.pt", tmp_path / str(criterion), corpus, stages=1, dry_run=True, **options)
+        assert result.model.config.hidden_sizes == [6, 5]
 
 
 @pytest.mark.slow  # trains a source model and runs the pipeline
@@ -436,3 +438,31 @@ def test_iterative_criteria_measure_again_on_the_model_cut_so_far(monkeypatch, s
         for layer, scores in bias_norms(teacher).items():
             strongest = np.sort(np.argsort(scores, kind="stable")[len(scores) - target[layer]:])
             assert plan.kept[layer].tolist() == strongest.tolist()
+
+
+@pytest.mark.slow  # trains a source model
+@pytest.mark.parametrize("criterion", ["taylor-iterative", "dynamics-taylor-iterative"])
+def test_the_criterion_study_measured_what_the_pipeline_runs(source_run, corpus, criterion):
+    """docs/criteria.md's numbers for a criterion come from benchmarks/criteria_variants.py, a separate
+    implementation for the study; both must choose the same units."""
+    import importlib.util
+    import sys
+
+    from analysis.pruning.stages import choose_units
+    from analysis.trajectories.trajectory import load_trajectory
+    from tests.conftest import REPO_ROOT
+
+    script = REPO_ROOT / "benchmarks" / "criteria_variants.py"
+    spec = importlib.util.spec_from_file_location("criteria_variants", script)
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study  # its dataclasses look their module up there
+    spec.loader.exec_module(study)
+    teacher, _ = load_model(source_run / "best.pt")
+    units = study.SourceUnits(model=teacher, trajectory=load_trajectory(source_run / "trajectory"),
+                              calibration_tokens=corpus.train)
+    studied = study.choose_kept_units(units, study.VARIANTS[criterion], 0.5)
+    target = {layer: len(kept) for layer, kept in studied.items()}
+    plan = choose_units(teacher, source_run / "trajectory", target, PipelineConfig(ratio=0.5, criterion=criterion), 1,
+                        calibration_tokens=corpus.train)
+    assert {layer: kept.tolist() for layer, kept in plan.kept.items()} == \
+        {layer: kept.tolist() for layer, kept in studied.items()}

@@ -24,7 +24,10 @@ from scipy.spatial.distance import squareform
 
 from analysis.errors import InvalidInputError
 
-DEFAULT_CRITERION = "dynamics-greedy"
+# the pipeline's default (dynaprune prune), set by the second round of docs/criteria.md
+DEFAULT_CRITERION = "taylor-iterative"
+# the default where only a trajectory is at hand (select_units, the Prune page's live preview, RNNPruner)
+DEFAULT_TRAJECTORY_CRITERION = "dynamics-greedy"
 FINAL_NORM, TAYLOR = "final-norm", "taylor"  # the importances a criterion can read
 
 

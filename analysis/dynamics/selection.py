@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_TRAJECTORY_CRITERION
 from analysis.dynamics.distances import check_distances
 from analysis.errors import InvalidInputError
 
@@ -109,7 +109,7 @@ def final_norm_importance(source, layer: str | None = None):
     return np.linalg.norm(final, axis=1)
 
 
-def select_units(distances, ratio, criterion: str = DEFAULT_CRITERION, importance=None,
+def select_units(distances, ratio, criterion: str = DEFAULT_TRAJECTORY_CRITERION, importance=None,
                 seed: int = 0) -> PruningPlan:
     """Choose units to prune per layer (METHOD section 5).
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION, TRAJECTORY_CRITERIA
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_TRAJECTORY_CRITERION, TRAJECTORY_CRITERIA
 from analysis.dynamics.lds import DEFAULT_ORDER
 from analysis.dynamics.selection import final_norm_importance, select_units, units_to_prune
 from analysis.dynamics.trajectory_fit import fit_trajectory
@@ -73,7 +73,7 @@ class RNNPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs, directory, ratio: float = 0.5, stages: int = 3,
-                 criterion: str = DEFAULT_CRITERION, trajectory=None, record_every: int = 1,
+                 criterion: str = DEFAULT_TRAJECTORY_CRITERION, trajectory=None, record_every: int = 1,
                  lam: float = 1e-4, gamma: float = 1.0, importance_loss: Callable | None = None,
                  refresh_every: int = 100, alpha: float = 0.5, tau: float = 2.0, seed: int = 0):
         if not 0.0 <= ratio < 1.0:

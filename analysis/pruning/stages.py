@@ -64,7 +64,8 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
     elif criterion.needs_distances:
         raise InvalidInputError(f"the {config.criterion} criterion needs the trajectory the model's weights followed "
                                 f"in training; start from a run or sample directory with a {TRAJECTORY_DIR}/ folder")
-    taylor = criterion.importance_source == TAYLOR
+    # nothing to remove (the control): no importances to measure
+    taylor = criterion.importance_source == TAYLOR and any(kept_target[name] < sizes[name] for name in kept_target)
     if taylor and calibration_tokens is None:
         raise InvalidInputError(f"the {config.criterion} criterion measures unit importances on training batches; "
                                 f"give the calibration tokens")

@@ -14,6 +14,7 @@ import streamlit as st
 
 from analysis import jobs
 from analysis.cli.prune import config_of_job, job_args
+from analysis.dynamics.criteria import DEFAULT_CRITERION
 from analysis.dynamics.selection import CRITERIA
 from analysis.errors import DynapruneError
 from analysis.lm.training_config import LR_SCHEDULES, TEACHER_PRECISIONS
@@ -69,7 +70,12 @@ else:
             ratio = left.slider("Target pruning ratio", 0.0, 0.9, float(previewed.ratio), 0.05, key="ft_ratio",
                                 help=ratio_help)
         names = list(CRITERIA)
-        criterion = left.selectbox("Criterion", names, index=names.index(previewed.criterion), key="ft_criterion")
+        criterion = left.selectbox(
+            "Criterion", names, index=names.index(previewed.criterion), key="ft_criterion",
+            help=f"{DEFAULT_CRITERION} (dynaprune prune's default): remove the units of smallest Taylor importance in "
+                 "eight chunks, measuring the importances again on training batches after each; the dynamics "
+                 "criteria read the weights' trajectory (the Prune page previews them). docs/criteria.md compares "
+                 "them all.")
         dry_run = left.checkbox("Dry run (a few batches per stage)", key="ft_dry_run")
         stages = middle.number_input("Stages", 1, 10, previewed.stages, key="ft_stages", help="1: one-shot pruning.")
         epochs = middle.number_input("Epochs per stage", 1, 100, previewed.epochs_per_stage, key="ft_epochs_per_stage")

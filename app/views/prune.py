@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.dynamics.criteria import DEFAULT_CRITERION, TRAJECTORY_CRITERIA
+from analysis.dynamics.criteria import DEFAULT_TRAJECTORY_CRITERION, TRAJECTORY_CRITERIA
 from analysis.exploration import greedy_removal_table, group_by_labels, heatmap_view, unit_redundancy, unit_status
 from analysis.pruning.preview import (
     DEFAULT_CURVE_RATIOS,
@@ -142,14 +142,15 @@ def preview() -> None:
                         disabled=per_layer,
                         help="Per-layer ratios are on: the sliders below decide." if per_layer else None)
     names = list(TRAJECTORY_CRITERIA)  # the Taylor criteria need training batches: the Fine-tune page runs them
-    criterion = right.selectbox("Criterion", names,
-                                index=names.index(st.session_state.get(common.CRITERION_KEY, DEFAULT_CRITERION)),
-                                key="prune_criterion_select",
-                                help="dynamics-greedy (default): remove, one at a time, the unit whose final weight "
-                                     "norm times its dynamics distance to the nearest kept unit is smallest; dynamics: "
-                                     "cluster units with similar dynamics, keep the strongest of each cluster (the "
-                                     "method as first written); magnitude: remove the smallest final weight vectors; "
-                                     "random: a seeded draw. docs/criteria.md compares them.")
+    chosen = st.session_state.get(common.CRITERION_KEY, DEFAULT_TRAJECTORY_CRITERION)
+    criterion = right.selectbox("Criterion", names, index=names.index(chosen), key="prune_criterion_select",
+                                help="dynamics-greedy (the preview's default): remove, one at a time, the unit "
+                                     "whose final weight norm times its dynamics distance to the nearest kept unit is "
+                                     "smallest; dynamics: cluster units with similar dynamics, keep the strongest of "
+                                     "each cluster (the method as first written); magnitude: remove the smallest final "
+                                     "weight vectors; random: a seeded draw. The criteria that measure Taylor "
+                                     "importances on training batches (taylor-iterative, the pipeline's default, cuts "
+                                     "best) run on the Fine-tune page. docs/criteria.md compares them.")
     st.session_state[common.RATIO_KEY], st.session_state[common.CRITERION_KEY] = ratio, criterion
     ratios = {layer: ratio for layer in trajectory.layers}
     if st.toggle("Per-layer ratios", key="prune_per_layer"):
