@@ -433,6 +433,12 @@ def test_iterative_criteria_measure_again_on_the_model_cut_so_far(monkeypatch, s
         assert [size - s for s in sizes] == [round((size - target[layer]) * c / chunks) for c in range(chunks)]
         assert len(plan.kept[layer]) == target[layer]
         assert sorted(np.concatenate([plan.kept[layer], plan.pruned[layer]]).tolist()) == list(range(size))
+    measured_sizes.clear()  # nothing to remove (the control): nothing is measured
+    whole = {layer: size for layer, size in zip(teacher.layer_names, SOURCE_SIZES)}
+    plan_whole = stages.choose_units(teacher, source_run / "trajectory", whole, config, 1,
+                                     calibration_tokens=corpus.train)
+    assert measured_sizes == [] and {k: v.tolist() for k, v in plan_whole.kept.items()} == \
+        {layer: list(range(size)) for layer, size in whole.items()}
     if criterion == "taylor-iterative":
         # an importance that does not change as units go: chunk by chunk gives what one ranking gives
         for layer, scores in bias_norms(teacher).items():

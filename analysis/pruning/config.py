@@ -76,7 +76,9 @@ class PipelineConfig(PlainConfig):
     da_l2_gamma: float = option(1.0, "exponent gamma of the per-unit factor (1 - s_k)^gamma of the penalty")
     importance_refresh_epochs: int = option(1, "re-measure unit importances every this many epochs "
                                                "(0: once per stage)")
-    calibration_batches: int = option(DEFAULT_CALIBRATION_BATCHES, "training batches that measure unit importances")
+    calibration_batches: int = option(DEFAULT_CALIBRATION_BATCHES,
+                                      "training batches that measure unit importances for DA-L2 and the taylor and "
+                                      "dynamics-taylor criteria (the iterative criteria use their own 64)")
     distillation: bool = option(True, "fine-tune on cross-entropy alone (no teacher)")
     distill_alpha: float = option(0.5, "weight of the distillation term", aliases=("--kd-alpha",))
     distill_temperature: float = option(2.0, "distillation temperature", aliases=("--kd-tau",))
