@@ -58,7 +58,7 @@ TIE = 0.001  # two criteria whose mean test perplexities differ by less than thi
 MAIN = DEFAULT_CRITERION  # the criterion the goal is about: dynaprune prune's default
 COMPARED = (MAIN, "magnitude", "random")
 PREVIOUS = "dynamics-greedy"  # the default before the criterion study's second round
-ABLATION_BASE = f"{PREVIOUS}-50"  # the control and the ablations ran with the previous default
+ABLATION_BASE = f"{PREVIOUS}-50"  # the ablations (and the control) ran with the previous default
 RATIOS = (30, 50, 70)
 # what a row that is not "criterion-ratio" with the full method changes
 VARIANTS = {"control-0": "no pruning, the same fine-tuning (control)",
@@ -267,7 +267,7 @@ def goal_lines(results: dict, base_test: float | None) -> list[str]:
         if name in tests and base is not None:
             verdict = "better" if tests[name] < base else "worse" if tests[name] > base else "the same"
             lines.append(f"- {VARIANTS[name]} at 50%: test perplexity {tests[name]:.2f}, {change(tests[name], base)} "
-                         f"against the full method with {PREVIOUS}, the criterion it ran with ({verdict}).")
+                         f"against {ABLATION_BASE}, the full method it changes ({verdict}).")
     return lines
 
 
