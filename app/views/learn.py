@@ -143,11 +143,13 @@ def cluster_and_keep(formulas, text, shown):
     text.write("Removing R = round(rH) units: cluster the units into H - R groups of similar dynamics (average "
                "linkage) and keep the unit with the largest final weights in each; the rest are redundant.")
     formulas.latex(r"R = \operatorname{round}(rH), \qquad \text{keep } \arg\max_{k \in \text{cluster}} \|w_k(T)\|")
-    text.write("This clustering rule is the method as first written. dynaprune's default, **dynamics-greedy**, "
-               "cuts Penn Treebank models about as well as magnitude pruning and much better than clustering "
-               "(docs/criteria.md): it removes one unit at a time, each time the one whose "
+    text.write("This clustering rule is the method as first written. The default dynamics criterion, "
+               "**dynamics-greedy**, cuts Penn Treebank models about as well as magnitude pruning and much better "
+               "than clustering (docs/criteria.md): it removes one unit at a time, each time the one whose "
                "final weight norm times its dynamics distance to the nearest kept unit is smallest, so weak units "
-               "with a near twin go first. The Prune page shows each unit's score.")
+               "with a near twin go first. The Prune page shows each unit's score. What cut best in the "
+               "measurements reads no dynamics: **taylor-iterative**, the pipeline's default, measures how much the "
+               "loss depends on each unit again after each eighth of the cut (the Fine-tune page runs it).")
     formulas.latex(r"\text{remove } \arg\min_{k \text{ kept}} \; \|w_k(T)\| \cdot "
                    r"\min_{j \text{ kept}, j \ne k} d(k, j)")
     ratio = ratio_slider(shown)
