@@ -31,24 +31,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from app.launch import DashboardStartError, start_dashboard, stop_dashboard  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SLIDER_TARGET_S = {"synthetic": 0.3, "ptb-small": 0.5}
 FIRST_VISIT_TARGET_S = {"Trajectories": 2.0, "Dynamics": 2.0}
 QUIET_MS = 500       # no DOM change for this long after the run ended: the page has settled
-SERVER_START_S = 90
 STEP_S = 120         # the longest any one measured action may take
 
 # Installed once per document: remembers the time of the last DOM change and of the last input
@@ -82,12 +82,6 @@ STATE_JS = """() => ({
   quiet_ms: performance.now() - window.__bench.last, url: location.href})"""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
@@ -118,39 +112,14 @@ def cpu_seconds(root: int, leave_out: int | None = None) -> float:
 
 
 def start_server(work: Path, samples: Path, ptb_dir: str | None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
     env = dict(os.environ, DYNAPRUNE_SAMPLES_DIR=str(samples), DYNAPRUNE_RUNS_DIR=str(work / "runs"),
                DYNAPRUNE_HOME=str(work / "home"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     if ptb_dir:
         env["DYNAPRUNE_PTB_DIR"] = ptb_dir
-    with open(work / "streamlit.log", "wb") as log:  # the server keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"), "--server.headless",
-             "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return process, url
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_server(process)
-            sys.exit(f"the dashboard did not start: {(work / 'streamlit.log').read_text(errors='replace')[-2000:]}")
-        time.sleep(0.5)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
+    try:
+        return start_dashboard(work, env)
+    except DashboardStartError as error:
+        sys.exit(str(error))
 
 
 class Session:
@@ -365,7 +334,7 @@ def main() -> None:
                 finally:
                     context.close()
         finally:
-            stop_server(process)
+            stop_dashboard(process)
     print(f"\n{load()} at the end")
 
 

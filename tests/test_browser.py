@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from analysis import jobs
-from tests.conftest import REPO_ROOT
+from app.launch import DashboardStartError, start_dashboard, stop_dashboard
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("DYNAPRUNE_SCREENSHOTS")
                    or Path(os.environ.get("TMPDIR", "/tmp")) / "dynaprune-screenshots")
-SERVER_START_S = 90
 PAGE_S = 60
 FINE_TUNE_S = 600
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,12 +33,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def prune_command_available() -> bool:
     from analysis.cli import COMMANDS
 
@@ -56,40 +43,19 @@ def prune_command_available() -> bool:
 def server(samples, tmp_path_factory):
     """`streamlit run app/main.py` on a free local port, with its own runs folder and jobs home."""
     work = tmp_path_factory.mktemp("dashboard")
-    port = free_port()
     env = dict(os.environ, DYNAPRUNE_SAMPLES_DIR=str(samples), DYNAPRUNE_RUNS_DIR=str(work / "runs"),
                DYNAPRUNE_HOME=str(work / "home"), DYNAPRUNE_DASHBOARD_THREADS="1", OMP_NUM_THREADS="1",
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log = open(work / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port)],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the dashboard did not start: {(work / 'streamlit.log').read_text(errors='replace')[-2000:]}")
-        time.sleep(0.5)
+    try:
+        process, url = start_dashboard(work, env)
+    except DashboardStartError as error:
+        pytest.fail(str(error))
     yield {"url": url, "work": work, "env": env}
     for job in jobs.list_jobs(home=work / "home"):
         if not job.finished:
             jobs.cancel(job.id, kill_timeout_s=5, home=work / "home")
             jobs.wait(job.id, timeout_s=30, home=work / "home")
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
-    log.close()
+    stop_dashboard(process)
 
 
 @pytest.fixture(scope="module")

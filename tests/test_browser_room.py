@@ -13,23 +13,16 @@ import functools
 import http.server
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from analysis.lm.download import PTB_SHA256, PTB_URL_ENV_VAR, ptb_files_verified
-from tests.conftest import REPO_ROOT
+from app.launch import DashboardStartError, free_port, start_dashboard, stop_dashboard
 from tests.test_browser import (
     CHROMIUM,
     PAGE_S,
-    SERVER_START_S,
-    free_port,
     open_page,
     page,  # noqa: F401  (the browser tab fixture; it opens this module's server)
     settle,
@@ -76,38 +69,17 @@ def server(samples, ptb_mirror, tmp_path_factory):
     """`streamlit run app/main.py` on a free local port with no Penn Treebank: DYNAPRUNE_PTB_DIR unset,
     an empty cache, and the operator's mirror set to `ptb_mirror`."""
     work = tmp_path_factory.mktemp("room")
-    port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "DYNAPRUNE_PTB_DIR"}
     env.update(DYNAPRUNE_SAMPLES_DIR=str(samples), DYNAPRUNE_RUNS_DIR=str(work / "runs"),
                DYNAPRUNE_HOME=str(work / "home"), DYNAPRUNE_DASHBOARD_THREADS="1", OMP_NUM_THREADS="1",
                XDG_CACHE_HOME=str(work / "cache"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **{PTB_URL_ENV_VAR: ptb_mirror})
-    log = open(work / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port)],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the dashboard did not start: {(work / 'streamlit.log').read_text(errors='replace')[-2000:]}")
-        time.sleep(0.5)
-    yield {"url": url, "work": work}
-    os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
-    log.close()
+        process, url = start_dashboard(work, env)
+    except DashboardStartError as error:
+        pytest.fail(str(error))
+    yield {"url": url, "work": work}
+    stop_dashboard(process)
 
 
 def test_the_participants_name_survives_a_reload(server, page):  # noqa: F811
