@@ -304,6 +304,22 @@ def greedy_removal_table(distances, importance, n_prune: int) -> pd.DataFrame:
                          "score": removal.scores})
 
 
+def measured_removal_table(choice, layer: str, weight_norms) -> pd.DataFrame:
+    """The removals of a measured cut (analysis.pruning.stages.UnitChoice) in one layer, in the order
+    they were made: the chunk that removed each unit, its importance in that chunk's measurement and on
+    the uncut model, and its final weight norm (what magnitude reads)."""
+    chunk = np.asarray(choice.removed_in_chunk[layer])
+    norms = np.asarray(weight_norms, dtype=np.float64)
+    if norms.shape != chunk.shape:
+        raise InvalidInputError(f"weight_norms has {norms.size} entries; layer {layer} has {chunk.size} units")
+    units = np.flatnonzero(chunk)
+    units = units[np.lexsort((choice.importance[layer][units], chunk[units]))]
+    return pd.DataFrame({"chunk": chunk[units], "unit": units,
+                         "importance when removed": choice.importance[layer][units],
+                         "importance, uncut model": choice.first_importance[layer][units],
+                         "final weight norm": norms[units]})
+
+
 def unit_status(hidden_size: int, pruned) -> np.ndarray:
     """"kept" or "pruned" for each of a layer's units, for colouring pictures."""
     status = np.full(int(hidden_size), "kept", dtype=object)

@@ -28,7 +28,7 @@ from analysis.errors import DynapruneError
 from analysis.exploration import heatmap_order, mds_embedding
 from analysis.lm.model import load_model
 from analysis.pruning.config import PipelineConfig, uniform_or_per_layer
-from analysis.pruning.preview import SPREAD_WINDOWS, limit_threads, load_validation_tokens
+from analysis.pruning.preview import SPREAD_WINDOWS, limit_threads, load_validation_tokens, measured_cut, model_corpus
 from analysis.run_curves import recorded_validation_perplexity
 from analysis.runs import (
     BEST_MODEL_FILE,
@@ -359,6 +359,21 @@ def pruning_plan(path: str, sig: float, order: int, horizon, ratios: tuple, crit
     """The plan for per-layer ratios given as a tuple of (layer, ratio) pairs."""
     return select_units(all_distances(path, sig, order, horizon), ratio=dict(ratios), criterion=criterion,
                         importance=all_importance(path, sig), seed=seed)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the training split...")
+def training_tokens(path: str, sig: float):
+    _, info = model(path, sig)
+    return model_corpus(info.get("data_source"), info.get("vocab"), "training").train
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def measured_plan(path: str, sig: float, order: int, horizon, ratios: tuple, criterion: str, seed: int = SEED):
+    """The cut a criterion makes at per-layer ratios ((layer, ratio) pairs), measured as `dynaprune prune`
+    measures it (analysis.pruning.preview.measured_cut): the plan and how it was reached."""
+    model_, _ = model(path, sig)
+    return measured_cut(model_, dict(ratios), criterion, training_tokens(path, sig), trajectory_dir=path,
+                        lds_order=order, horizon=horizon, seed=seed)
 
 
 def valid_order_range(trajectory_) -> tuple[int, int]:

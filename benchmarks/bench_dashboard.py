@@ -7,6 +7,9 @@
 2. Zero-shot perplexity of each embedded sample (sample_checkpoints/, or $DYNAPRUNE_SAMPLES_DIR)
    pruned at ratio 0.5 by the dynamics criterion, validation tokens already loaded as the page
    caches them. Target: <= 2 s.
+3. A measured cut of each embedded sample at ratio 0.5 by each criterion that measures Taylor
+   importances on training batches (the page computes it when asked, not on a slider move): the
+   seconds it takes, once, with no target (--skip-measured leaves it out).
 
 Each line prints the median time and its ratio to the target (<= 1 meets it). Threads are capped
 as the dashboard caps them ($DYNAPRUNE_DASHBOARD_THREADS, default half the cores, at most 4).
@@ -26,14 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.dynamics.criteria import TRAJECTORY_CRITERIA
+from analysis.dynamics.criteria import CRITERIA, TAYLOR, TRAJECTORY_CRITERIA
 from analysis.dynamics.distances import dynamics_distances
 from analysis.dynamics.lds import fit_layer
 from analysis.dynamics.selection import final_norm_importance, select_units
 from analysis.errors import DynapruneError
 from analysis.exploration import group_by_labels, heatmap_order, heatmap_view, unit_status
 from analysis.lm.model import ModelConfig, load_model
-from analysis.pruning.preview import limit_threads, load_validation_tokens, plan_footprint, zero_shot_perplexity
+from analysis.pruning.preview import (
+    limit_threads,
+    load_validation_tokens,
+    measured_cut,
+    model_corpus,
+    plan_footprint,
+    zero_shot_perplexity,
+)
 from analysis.runs import BEST_MODEL_FILE
 from analysis.trajectories.trajectory import load_trajectory
 
@@ -109,11 +119,30 @@ def bench_zero_shot(repeats: int) -> None:
               f"{seconds / PERPLEXITY_TARGET_S:.2f})")
 
 
+def bench_measured_cut() -> None:
+    samples = sorted(p for p in SAMPLES.iterdir() if (p / BEST_MODEL_FILE).is_file()) if SAMPLES.is_dir() else []
+    for sample in samples:
+        model, info = load_model(sample)
+        try:
+            tokens = model_corpus(info.get("data_source"), info.get("vocab"), "training").train
+        except DynapruneError as error:
+            print(f"measured cut, {sample.name}: skipped ({error})")
+            continue
+        for criterion, spec in CRITERIA.items():
+            if spec.importance_source != TAYLOR:
+                continue
+            start = time.perf_counter()
+            measured_cut(model, {layer: 0.5 for layer in model.layer_names}, criterion, tokens, trajectory_dir=sample)
+            print(f"measured cut at 0.5, {sample.name} (hidden {model.config.hidden_sizes}), {criterion:26s}: "
+                  f"{time.perf_counter() - start:6.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-measured", action="store_true", help="leave out the measured cuts (minutes)")
     args = parser.parse_args()
     if args.quick:
         args.units, args.repeats = 500, 3
@@ -123,6 +152,8 @@ def main() -> None:
     print(f"threads: {threads}")
     bench_selection(args.units, args.repeats)
     bench_zero_shot(args.repeats)
+    if not args.skip_measured:
+        bench_measured_cut()
 
 
 if __name__ == "__main__":

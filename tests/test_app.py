@@ -123,6 +123,33 @@ def test_moving_the_ratio_slider_changes_the_pruned_units_and_figures(env):
     assert metric(app, "Zero-shot validation perplexity") != perplexity_before
 
 
+@pytest.mark.slow  # measures importances on training batches
+def test_a_taylor_criterion_is_measured_on_request_and_shows_why_units_go(env):
+    app = open_page("views/prune.py")
+    magnitude_pruned = int(metric(app, "Units pruned in all"))
+    app.selectbox(key="prune_criterion_select").set_value("taylor").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not [m for m in app.metric if m.label == "Units pruned in all"]  # nothing measured before asked
+    assert any("training batches" in message.value for message in app.info)
+    app.button(key="prune_measure_button").click().run()
+    assert not app.exception and not app.error, [e.value for e in [*app.exception, *app.error]]
+    assert int(metric(app, "Units pruned in all")) == magnitude_pruned  # the same ratio, another choice
+    crosses = values(chart(app, "prune_heatmap")["data"][1]["x"])
+    assert len(crosses) == int(metric(app, "rnns.0.l0: units pruned").split(" of ")[0])
+
+    app.session_state["prune_view"] = "Why they go"
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    why = chart(app, "prune_why_measured")
+    assert {trace["name"] for trace in why["data"]} == {"kept", "pruned"}
+    removals = app.dataframe[-1].value
+    assert len(removals) == len(crosses) and (removals["chunk"] == 1).all()  # one-shot taylor: one chunk
+
+    app.slider(key="prune_ratio_slider").set_value(0.2).run()  # a new ratio: measured again only when asked
+    assert not [m for m in app.metric if m.label == "Units pruned in all"]
+    assert app.button(key="prune_measure_button")
+
+
 @pytest.mark.slow  # more than 2 s
 def test_the_ratio_curve_is_computed_on_request(env):
     app = open_page("views/prune.py")

@@ -445,6 +445,57 @@ def test_iterative_criteria_measure_again_on_the_model_cut_so_far(monkeypatch, s
             strongest = np.sort(np.argsort(scores, kind="stable")[len(scores) - target[layer]:])
             assert plan.kept[layer].tolist() == strongest.tolist()
 
+    # the trace: which chunk removed each unit, and what it scored then (a bias norm survives surgery as it is)
+    choice = stages.trace_unit_choice(teacher, source_run / "trajectory", target, config, 1,
+                                      calibration_tokens=corpus.train)
+    assert choice.importance_source == "taylor"
+    for layer, size in zip(teacher.layer_names, SOURCE_SIZES):
+        assert choice.plan.kept[layer].tolist() == plan.kept[layer].tolist()
+        chunk = choice.removed_in_chunk[layer]
+        assert np.flatnonzero(chunk == 0).tolist() == plan.kept[layer].tolist()
+        schedule = [round((size - target[layer]) * c / chunks) for c in range(chunks + 1)]
+        assert np.bincount(chunk, minlength=chunks + 1)[1:].tolist() == np.diff(schedule).tolist()
+        np.testing.assert_allclose(choice.importance[layer], bias_norms(teacher)[layer])
+        np.testing.assert_allclose(choice.first_importance[layer], bias_norms(teacher)[layer])
+        if criterion == "taylor-iterative":  # a static importance: each chunk removes weaker units than the next
+            scores = bias_norms(teacher)[layer]
+            for c in range(1, chunks):
+                if (chunk == c).any() and (chunk > c).any():
+                    assert scores[chunk == c].max() <= scores[chunk > c].min()
+
+
+@pytest.mark.slow  # trains a source model
+def test_a_measured_cut_is_the_pipelines_choice_and_leaves_the_model_alone(source_run, corpus):
+    from analysis.exploration import measured_removal_table
+    from analysis.pruning.preview import measured_cut
+    from analysis.pruning.stages import choose_units
+
+    teacher, _ = load_model(source_run / "best.pt")
+    before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    ratios = {"rnns.0.l0": 0.5, "rnns.1.l0": 0.3}
+    choice = measured_cut(teacher, ratios, "taylor-iterative", corpus.train, trajectory_dir=source_run)
+    target = {"rnns.0.l0": 6, "rnns.1.l0": 7}  # 12 and 10 units less round(0.5 * 12) and round(0.3 * 10)
+    plan = choose_units(teacher, source_run / "trajectory", target, PipelineConfig(criterion="taylor-iterative"), 0,
+                        calibration_tokens=corpus.train)
+    assert {k: v.tolist() for k, v in choice.plan.kept.items()} == {k: v.tolist() for k, v in plan.kept.items()}
+    assert all(torch.equal(before[name], value) for name, value in teacher.state_dict().items())
+    assert all(not rnn._forward_hooks for rnn in teacher.rnns)
+
+    table = measured_removal_table(choice, "rnns.0.l0", np.arange(12.0))
+    assert sorted(table["unit"]) == choice.plan.pruned["rnns.0.l0"].tolist()
+    assert table["chunk"].is_monotonic_increasing and table["chunk"].min() >= 1
+    assert (table["final weight norm"] == table["unit"]).all()
+    with pytest.raises(InvalidInputError, match="weight_norms has 3 entries"):
+        measured_removal_table(choice, "rnns.0.l0", np.ones(3))
+    with pytest.raises(InvalidInputError, match="unknown layer"):
+        measured_cut(teacher, {"rnns.7.l0": 0.5}, "taylor", corpus.train)
+    with pytest.raises(InvalidInputError, match="unknown criterion"):
+        measured_cut(teacher, ratios, "largest-first", corpus.train)
+    # a dynamics criterion reads the trajectory; nothing is measured, so the importance is the final norm
+    greedy = measured_cut(teacher, ratios, "dynamics-greedy", None, trajectory_dir=source_run)
+    assert greedy.importance_source == "final-norm"
+    assert set(np.unique(greedy.removed_in_chunk["rnns.0.l0"])) == {0, 1}
+
 
 @pytest.mark.slow  # trains a source model
 @pytest.mark.parametrize("criterion", ["taylor-iterative", "dynamics-taylor-iterative"])

@@ -16,24 +16,32 @@ state carried across windows); pass max_tokens=None for the whole split.
     footprint = plan_footprint(model.config, plan)
     ppl = zero_shot_perplexity(model, plan, data.tokens)
     curve = zero_shot_curve(model, distances, importance, data.tokens, ratios=[0, 0.25, 0.5])
+    choice = measured_cut(model, {"rnns.0.l0": 0.5, "rnns.1.l0": 0.5}, "taylor-iterative",
+                          model_corpus(info["data_source"], info.get("vocab"), "training").train,
+                          trajectory_dir=run_dir)   # a criterion that measures importances on training batches
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis.dynamics.criteria import TRAJECTORY_CRITERIA
-from analysis.dynamics.selection import select_units
+from analysis.dynamics.criteria import CRITERIA, TRAJECTORY_CRITERIA
+from analysis.dynamics.lds import DEFAULT_ORDER
+from analysis.dynamics.selection import select_units, units_to_prune
 from analysis.errors import InvalidInputError
 from analysis.lm.evaluation import EVAL_BATCH_SIZE, EVAL_BPTT, evaluate, perplexity
 from analysis.lm.model import GATES_PER_UNIT, ModelConfig, RNNLanguageModel
+from analysis.pruning.config import PipelineConfig
+from analysis.pruning.stages import UnitChoice, trace_unit_choice
 from analysis.pruning.surgery import kept_units, prune_units
 
 DEFAULT_MAX_EVAL_TOKENS = 10_000
@@ -169,6 +177,28 @@ def spread_windows(tokens: torch.Tensor, max_tokens: int, windows: int = SPREAD_
     return torch.cat([tokens[start:start + length] for start in window_starts(total, length, int(windows))])
 
 
+def model_corpus(data_source: str | None, vocab_json=None, split: str = "validation"):
+    """The corpus a model was trained on (`data_source` as recorded in its checkpoint, e.g.
+    "synthetic:0" or "ptb:<dir>"), checked against the model's vocabulary `vocab_json`; `split` names
+    what the caller reads, for the messages. A "ptb:<dir>" that no longer exists falls back on
+    $DYNAPRUNE_PTB_DIR. Raises InvalidInputError when the source is unknown, missing or another corpus."""
+    from analysis.lm.corpora import PTB_ENV_VAR, load_corpus
+
+    if not data_source:
+        raise InvalidInputError(f"the model does not record the corpus it was trained on, and its {split} split is "
+                                "needed here (train it with `dynaprune train`, which records it)")
+    spec = str(data_source)
+    kind, _, argument = spec.partition(":")
+    if kind == "ptb" and argument and not os.path.isdir(argument) and os.environ.get(PTB_ENV_VAR):
+        spec = "ptb"  # the recorded directory moved; the environment says where PTB lives here
+    try:
+        corpus = load_corpus(spec)
+    except (InvalidInputError, OSError) as error:
+        raise InvalidInputError(f"cannot load the {split} split of {data_source!r}: {error}") from error
+    corpus.check_vocabulary("the model", None, vocab_json, remedy="the model was trained on another corpus")
+    return corpus
+
+
 def load_validation_tokens(data_source: str | None, vocab_json=None,
                            max_tokens: int | None = DEFAULT_MAX_EVAL_TOKENS,
                            windows: int | None = None) -> ValidationTokens:
@@ -180,22 +210,9 @@ def load_validation_tokens(data_source: str | None, vocab_json=None,
     when the source is unknown or missing, or when its vocabulary differs from `vocab_json` (the
     model's own vocabulary).
     """
-    from analysis.lm.corpora import PTB_ENV_VAR, load_corpus
-
     if max_tokens is not None and (isinstance(max_tokens, bool) or int(max_tokens) < 2):
         raise InvalidInputError(f"max_tokens must be at least 2 or None; got {max_tokens!r}")
-    if not data_source:
-        raise InvalidInputError("the model does not record the corpus it was trained on; zero-shot perplexity "
-                                "needs it (train it with `dynaprune train`, which records it)")
-    spec = str(data_source)
-    kind, _, argument = spec.partition(":")
-    if kind == "ptb" and argument and not os.path.isdir(argument) and os.environ.get(PTB_ENV_VAR):
-        spec = "ptb"  # the recorded directory moved; the environment says where PTB lives here
-    try:
-        corpus = load_corpus(spec)
-    except (InvalidInputError, OSError) as error:
-        raise InvalidInputError(f"cannot load the validation split of {data_source!r}: {error}") from error
-    corpus.check_vocabulary("the model", None, vocab_json, remedy="the model was trained on another corpus")
+    corpus = model_corpus(data_source, vocab_json, "validation")
     valid = corpus.valid
     total = int(valid.numel())
     if max_tokens is None or total <= int(max_tokens):
@@ -265,3 +282,25 @@ def zero_shot_curve(model: RNNLanguageModel, distances: Mapping[str, np.ndarray 
             total = plan_footprint(model.config, plan).params_after["total"]
             rows.append({"criterion": criterion, "ratio": float(ratio), "perplexity": value, "params_total": total})
     return pd.DataFrame(rows, columns=["criterion", "ratio", "perplexity", "params_total"])
+
+
+def measured_cut(model: RNNLanguageModel, ratios: Mapping[str, float], criterion: str, calibration_tokens, *,
+                 trajectory_dir: str | Path | None = None, lds_order: int = DEFAULT_ORDER,
+                 horizon: int | float | None = None, seed: int = 0) -> UnitChoice:
+    """The units `criterion` removes from `model` at `ratios` ({layer: ratio}; a layer not named keeps
+    all its units) in one cut, as `dynaprune prune` chooses them, with how the choice was reached
+    (analysis.pruning.stages.UnitChoice). Any criterion works; those that read Taylor importances
+    measure them on `calibration_tokens` (the training split), once per measurement chunk, which is
+    what makes them slow (docs/benchmarks.md). The dynamics criteria read the trajectory in
+    `trajectory_dir`. `model` is not touched: the measurements run on a copy, so a model that other
+    threads use may be passed."""
+    if criterion not in CRITERIA:
+        raise InvalidInputError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
+    sizes = dict(zip(model.layer_names, (rnn.hidden_size for rnn in model.rnns)))
+    unknown = sorted(set(ratios) - set(sizes))
+    if unknown:
+        raise InvalidInputError(f"ratios name unknown layer(s) {unknown}; the model's layers are {sorted(sizes)}")
+    target = {layer: size - units_to_prune(size, float(ratios.get(layer, 0.0))) for layer, size in sizes.items()}
+    config = replace(PipelineConfig(), criterion=criterion, lds_order=lds_order, horizon=horizon, seed=seed).validate()
+    return trace_unit_choice(copy.deepcopy(model), None if trajectory_dir is None else Path(trajectory_dir),
+                             target, config, stage=0, calibration_tokens=calibration_tokens)

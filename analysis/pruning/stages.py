@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from analysis.dynamics.criteria import CRITERIA, TAYLOR
+from analysis.dynamics.criteria import CRITERIA, FINAL_NORM, TAYLOR
 from analysis.dynamics.selection import LayerPlan, PruningPlan, final_norm_importance, select_units
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.lm.model import RNNLanguageModel
@@ -44,12 +44,33 @@ def stage_train_config(source_config: dict, config: PipelineConfig, stage: int, 
     return train_config.validate()
 
 
+@dataclass(frozen=True)
+class UnitChoice:
+    """A stage's plan and how it was reached, per layer (arrays over the teacher's units):
+    `removed_in_chunk` is 0 for a kept unit and k for a unit removed in measurement chunk k;
+    `importance` is what each unit scored in the last measurement that saw it (for a removed unit, the
+    one that removed it), `first_importance` what it scored on the uncut teacher; `importance_source`
+    says which importance was read (FINAL_NORM, or TAYLOR when it was measured on training batches)."""
+
+    plan: PruningPlan
+    importance_source: str
+    importance: dict[str, np.ndarray]
+    first_importance: dict[str, np.ndarray]
+    removed_in_chunk: dict[str, np.ndarray]
+
+
 def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
                  config: PipelineConfig, stage: int, calibration_tokens=None) -> PruningPlan:
     """Which of the teacher's units the stage-`stage` student keeps (`kept_target` units per layer).
     A criterion that reads Taylor importances measures them on `calibration_tokens` (the training split);
     one with several measurement chunks removes its units chunk by chunk, measuring them again on the
-    teacher cut so far before each chunk."""
+    teacher cut so far before each chunk. trace_unit_choice tells how the choice was reached."""
+    return trace_unit_choice(teacher, trajectory_dir, kept_target, config, stage, calibration_tokens).plan
+
+
+def trace_unit_choice(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_target: dict[str, int],
+                      config: PipelineConfig, stage: int, calibration_tokens=None) -> UnitChoice:
+    """choose_units, with the importances each unit had when it was chosen and the chunk that removed it."""
     from analysis.trajectories.trajectory import load_trajectory
 
     criterion = CRITERIA[config.criterion]
@@ -82,6 +103,9 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
             distances[layer] = dynamics_distances(fit, horizon=config.horizon)
     chunks = criterion.measurement_chunks if taylor else 1
     kept = {layer: np.arange(sizes[layer]) for layer in kept_target}
+    last_importance = {layer: np.zeros(sizes[layer]) for layer in kept_target}
+    first_importance = {}
+    removed_in_chunk = {layer: np.zeros(sizes[layer], dtype=np.int64) for layer in kept_target}
     for chunk in range(1, chunks + 1):
         model = teacher if chunk == 1 else prune_units(teacher, kept)
         measured = unit_importances(model, calibration_tokens, max_batches=batches) if taylor else None
@@ -97,6 +121,10 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
             sub_distances[layer] = None if full is None else full[np.ix_(indices, indices)]
         plan = select_units(sub_distances, ratio, criterion=config.criterion, importance=importance,
                             seed=config.seed + stage)
+        for layer, indices in kept.items():
+            last_importance[layer][indices] = importance[layer]
+            first_importance.setdefault(layer, last_importance[layer].copy())
+            removed_in_chunk[layer][indices[plan.layers[layer].pruned]] = chunk
         if chunks == 1:
             break
         kept = {layer: indices[plan.layers[layer].kept] for layer, indices in kept.items()}
@@ -109,4 +137,5 @@ def choose_units(teacher: RNNLanguageModel, trajectory_dir: Path | None, kept_ta
         if len(plan.layers[layer].kept) != target:
             raise DynapruneError(
                 f"layer {layer}: the plan keeps {len(plan.layers[layer].kept)} units, expected {target}")
-    return plan
+    return UnitChoice(plan=plan, importance_source=TAYLOR if taylor else FINAL_NORM, importance=last_importance,
+                      first_importance=first_importance, removed_in_chunk=removed_in_chunk)

@@ -12,8 +12,17 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.dynamics.criteria import DEFAULT_TRAJECTORY_CRITERION, TRAJECTORY_CRITERIA
-from analysis.exploration import greedy_removal_table, group_by_labels, heatmap_view, unit_redundancy, unit_status
+from analysis.dynamics.criteria import CRITERIA, DEFAULT_CRITERION, DEFAULT_TRAJECTORY_CRITERION, TAYLOR
+from analysis.errors import DynapruneError
+from analysis.exploration import (
+    greedy_removal_table,
+    group_by_labels,
+    heatmap_view,
+    measured_removal_table,
+    unit_redundancy,
+    unit_status,
+)
+from analysis.pruning.config import PipelineConfig
 from analysis.pruning.preview import (
     DEFAULT_CURVE_RATIOS,
     model_perplexity,
@@ -103,6 +112,39 @@ def show_which_units(layer: str, layer_plan) -> None:
                   "hover for a distance.")
 
 
+def show_why_measured(layer: str, layer_plan, criterion: str, choice) -> None:
+    """Why a criterion that measures Taylor importances removes what it removes."""
+    if choice.importance_source != TAYLOR:
+        st.info("Nothing is removed at this ratio, so no importance was measured.")
+        return
+    norms = common.importance(str(source), sig, layer)
+    status = unit_status(layer_plan.hidden_size, layer_plan.pruned)
+    units = np.array([f"unit {k}" for k in range(len(status))], dtype=object)
+    chunks = CRITERIA[criterion].measurement_chunks
+    left, right = st.columns(2)
+    why = status_scatter(norms, choice.first_importance[layer], status, units, height=420,
+                         customdata=np.column_stack([choice.removed_in_chunk[layer], choice.importance[layer]]),
+                         hovertemplate="%{hovertext}<br>final weight norm %{x:.3f}<br>"
+                                       "Taylor importance, uncut model %{y:.3f}<br>"
+                                       "removed in chunk %{customdata[0]:.0f} (0: kept)<br>"
+                                       "importance then %{customdata[1]:.3f}")
+    why.update_layout(xaxis_title="final weight norm (what magnitude reads)",
+                      yaxis_title="Taylor importance on the uncut model")
+    left.plotly_chart(why, key="prune_why_measured")
+    again = (f" {criterion} measures again after each of its {chunks} chunks, on the model cut so far, so a unit "
+             "that looked weak is kept once the units that covered for it are gone, and the reverse."
+             if chunks > 1 else "")
+    left.caption("Each unit by how much the loss depends on it (Taylor importance: |gradient x activation| on "
+                 "training batches) against the size of its weights. magnitude removes from the left; the Taylor "
+                 "criteria remove from the bottom: large weights need not matter to the loss." + again)
+    if len(layer_plan.pruned):
+        right.markdown("**The removals in order**")
+        right.dataframe(measured_removal_table(choice, layer, norms), hide_index=True, height=360, width="stretch",
+                        column_config={name: st.column_config.NumberColumn(format="%.3f") for name in (
+                            "importance when removed", "importance, uncut model", "final weight norm")})
+        right.caption("Importances are scaled per measurement so that the layer's strongest unit scores 1.")
+
+
 def show_why(layer: str, layer_plan, criterion: str) -> None:
     distances = common.layer_dynamics(str(source), sig, layer, order, horizon)[1]
     redundancy = unit_redundancy(distances, common.importance(str(source), sig, layer), layer_plan.pruned)
@@ -132,6 +174,35 @@ def show_why(layer: str, layer_plan, criterion: str) -> None:
         right.caption("score = importance x distance to the nearest unit, before any removal.")
 
 
+def measured_choice(ratio_items: tuple, criterion: str):
+    """The cut of a criterion that measures importances on training batches, once asked for (a button,
+    as it takes a while); None until then, or when the model or its training data is not at hand."""
+    model, info = common.model_or_none(source)
+    problem = (info if model is None else common.corpus_problem_of(info.get("data_source")))
+    if problem:
+        st.info(f"{criterion} measures unit importances on the model's training batches, so it needs the model "
+                f"and its corpus: {problem}")
+        return None
+    key = (str(source), sig, order, horizon, ratio_items, criterion)
+    asked = st.session_state.setdefault("prune_measured", set())
+    if key not in asked and any(ratio > 0 for _, ratio in ratio_items):  # nothing to remove: nothing to measure
+        spec = CRITERIA[criterion]
+        batches = spec.calibration_batches or PipelineConfig().calibration_batches
+        times = f" in each of {spec.measurement_chunks} chunks" if spec.measurement_chunks > 1 else ""
+        st.info(f"{criterion} measures each unit's importance on {batches} training batches{times}, as "
+                "`dynaprune prune` does: from several seconds on a small model to minutes on a PTB model.")
+        if not st.button(f"Measure and cut with {criterion}", key="prune_measure_button", type="primary"):
+            return None
+        asked.add(key)
+    try:
+        with st.spinner(f"Measuring unit importances and cutting with {criterion}..."):
+            return common.measured_plan(*key)
+    except DynapruneError as error:
+        asked.discard(key)
+        st.error(f"Could not cut with {criterion}: {error}")
+        return None
+
+
 @st.fragment
 def preview() -> None:
     # -------------------------------------------------------------- controls
@@ -141,16 +212,17 @@ def preview() -> None:
                         float(st.session_state.get(common.RATIO_KEY, 0.5)), 0.05, key="prune_ratio_slider",
                         disabled=per_layer,
                         help="Per-layer ratios are on: the sliders below decide." if per_layer else None)
-    names = list(TRAJECTORY_CRITERIA)  # the Taylor criteria need training batches: the Fine-tune page runs them
+    names = list(CRITERIA)
     chosen = st.session_state.get(common.CRITERION_KEY, DEFAULT_TRAJECTORY_CRITERION)
     criterion = right.selectbox("Criterion", names, index=names.index(chosen), key="prune_criterion_select",
                                 help="dynamics-greedy (the preview's default): remove, one at a time, the unit "
                                      "whose final weight norm times its dynamics distance to the nearest kept unit is "
                                      "smallest; dynamics: cluster units with similar dynamics, keep the strongest of "
                                      "each cluster (the method as first written); magnitude: remove the smallest final "
-                                     "weight vectors; random: a seeded draw. The criteria that measure Taylor "
-                                     "importances on training batches (taylor-iterative, the pipeline's default, cuts "
-                                     "best) run on the Fine-tune page. docs/criteria.md compares them.")
+                                     "weight vectors; random: a seeded draw. The criteria named taylor measure how "
+                                     f"much the loss depends on each unit on training batches ({DEFAULT_CRITERION}, "
+                                     "the pipeline's default, cuts best); they are previewed on request, as they take "
+                                     "a while. docs/criteria.md compares them.")
     st.session_state[common.RATIO_KEY], st.session_state[common.CRITERION_KEY] = ratio, criterion
     ratios = {layer: ratio for layer in trajectory.layers}
     if st.toggle("Per-layer ratios", key="prune_per_layer"):
@@ -160,7 +232,14 @@ def preview() -> None:
     ratio_items = tuple(sorted(ratios.items()))
     st.session_state[common.LAYER_RATIOS_KEY] = dict(ratios)  # what a Fine-tune job will use
 
-    plan = common.pruning_plan(str(source), sig, order, horizon, ratio_items, criterion)
+    choice = None
+    if CRITERIA[criterion].importance_source == TAYLOR:
+        choice = measured_choice(ratio_items, criterion)
+        if choice is None:
+            return
+        plan = choice.plan
+    else:
+        plan = common.pruning_plan(str(source), sig, order, horizon, ratio_items, criterion)
     columns = st.columns(len(plan.layers) + 1)
     for column, (layer, layer_plan) in zip(columns, plan.layers.items()):
         column.metric(f"{layer}: units pruned", f"{len(layer_plan.pruned)} of {layer_plan.hidden_size}")
@@ -195,7 +274,10 @@ def preview() -> None:
             show_which_units(layer, plan.layers[layer])
     if why_tab.open:
         with why_tab:
-            show_why(layer, plan.layers[layer], criterion)
+            if choice is None:
+                show_why(layer, plan.layers[layer], criterion)
+            else:
+                show_why_measured(layer, plan.layers[layer], criterion, choice)
 
     # -------------------------------------------------------------- curve
     st.subheader("Zero-shot perplexity against the ratio")
