@@ -34,21 +34,23 @@ from analysis.jobs.control import (
     wait,
 )
 from analysis.jobs.owners import MAX_OWNER_CHARS, validate_owner
-from analysis.jobs.store import (
+from analysis.jobs.records import (
     ACTIVE_STATES,
     CANCELLED,
     CORRUPT,
     FAILED,
-    JOB_ID_PATTERN,
     LOST,
     QUEUED,
     RESUMABLE_STATES,
     RUNNING,
     STATES,
     SUCCEEDED,
-    CorruptJobError,
     Job,
     JobProgress,
+)
+from analysis.jobs.store import (
+    JOB_ID_PATTERN,
+    CorruptJobError,
     JobStateError,
     UnknownJobError,
     jobs_dir,
