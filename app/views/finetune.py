@@ -74,7 +74,7 @@ else:
             "Criterion", names, index=names.index(previewed.criterion), key="ft_criterion",
             help=f"{DEFAULT_CRITERION} (dynaprune prune's default): remove the units of smallest Taylor importance in "
                  "eight chunks, measuring the importances again on training batches after each; the dynamics "
-                 "criteria read the weights' trajectory (the Prune page previews them). docs/criteria.md compares "
+                 "criteria read the weights' trajectory. The Prune page previews them all. docs/criteria.md compares "
                  "them all.")
         dry_run = left.checkbox("Dry run (a few batches per stage)", key="ft_dry_run")
         stages = middle.number_input("Stages", 1, 10, previewed.stages, key="ft_stages", help="1: one-shot pruning.")
