@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis import jobs
-from analysis.jobs import store
+from analysis.jobs import records, store
 from analysis.jobs.process import process_token
 from analysis.lm import download
 from analysis.lm.download import ptb_files_verified
@@ -76,7 +76,7 @@ def start_button(app: AppTest):
     return next(b for b in app.button if "Start" in b.label)
 
 
-def write_job(home: Path, title: str, owner: str | None, state: str = store.CANCELLED, progress: dict | None = None,
+def write_job(home: Path, title: str, owner: str | None, state: str = records.CANCELLED, progress: dict | None = None,
               attempt: int = 1) -> str:
     """A prune job's directory as submit and a supervisor leave it, without running anything. A
     running one names this test's process as its own, so it reads as alive."""
@@ -87,7 +87,7 @@ def write_job(home: Path, title: str, owner: str | None, state: str = store.CANC
     atomic_write_json(job_dir / "spec.json", {"version": 1, "args": ["prune", "--from", "x", "--out", out],
                                               "label": f"sample → {title}", "owner": owner, "out_dir": out,
                                               "created_at": time.time()})
-    me = process_token(os.getpid()) if state == store.RUNNING else None
+    me = process_token(os.getpid()) if state == records.RUNNING else None
     store.write_status(job_dir, {"state": state, "attempt": attempt, "started_at": time.time(), "supervisor": me,
                                  "command": me, "message": state, "progress": progress})
     return job_id
@@ -189,7 +189,7 @@ def test_own_jobs_are_listed_by_default_and_everyones_on_request(room, jobs_home
 def test_a_running_jobs_bar_moves_within_the_epoch_with_the_time_left(room, jobs_home):
     progress = {"fraction": 0.3, "task": "stage 1/3, epoch 2/2", "done": 12, "total": 40, "detail": "ppl 88.1",
                 "remaining_s": 300.0, "updated_at": time.time()}
-    job_id = write_job(jobs_home, "ada-run", "Ada", state=store.RUNNING, progress=progress)
+    job_id = write_job(jobs_home, "ada-run", "Ada", state=records.RUNNING, progress=progress)
     try:
         app = open_page(FINETUNE, name="Ada")
         (bar,) = app.get("progress")
@@ -197,7 +197,7 @@ def test_a_running_jobs_bar_moves_within_the_epoch_with_the_time_left(room, jobs
         assert bar.proto.text == "running: stage 1/3, epoch 2/2, batch 12 of 40 (ppl 88.1), about 5 min left"
         app.button(key=f"cancel_{job_id}")  # one's own running job: cancel (which asks first) is offered
     finally:
-        store.update_status(store.jobs_dir(jobs_home) / job_id, lambda status: {**status, "state": store.CANCELLED})
+        store.update_status(store.jobs_dir(jobs_home) / job_id, lambda status: {**status, "state": records.CANCELLED})
 
 
 def closed_port() -> int:

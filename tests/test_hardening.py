@@ -23,7 +23,7 @@ from torch import nn
 
 from analysis.cli import main
 from analysis.errors import CheckpointError, DynapruneError, InvalidInputError, UnsafeCheckpointError
-from analysis.jobs import store
+from analysis.jobs import records, store
 from analysis.lm.model import ModelConfig, RNNLanguageModel, load_model, save_model
 from analysis.runs import check_output_dir
 from analysis.trajectories.checkpoints import load_state_dict, read_safetensors_shapes
@@ -565,7 +565,7 @@ def test_random_zips_unpack_inside_their_folder_or_not_at_all(tmp_path, members)
 
 
 @given(status=json_values | st.fixed_dictionaries(
-    {"state": st.sampled_from(list(store.STATES)), "started_at": st.floats(), "ended_at": json_values,
+    {"state": st.sampled_from(list(records.STATES)), "started_at": st.floats(), "ended_at": json_values,
      "heartbeat_at": st.floats(), "attempt": json_values, "exit_code": json_values, "history": json_values,
      "command": json_values, "supervisor": json_values}))
 def test_random_job_status_files_still_list(tmp_path, monkeypatch, status, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from analysis import jobs
-from analysis.jobs import reporting, store
+from analysis.jobs import records, reporting, store
 from analysis.jobs.process import process_token
 from analysis.lm.model import ModelConfig
 from analysis.lm.training import TrainConfig, train_language_model
@@ -24,7 +24,7 @@ def running_job(home: Path, attempt: int = 1, args: list[str] | None = None, **s
     job_dir.mkdir(parents=True)
     atomic_write_json(job_dir / "spec.json", {"version": 1, "args": args or ["train", "--out", "x"], **spec_extra})
     me = process_token(os.getpid())
-    store.write_status(job_dir, {"state": store.RUNNING, "attempt": attempt, "supervisor": me, "command": me,
+    store.write_status(job_dir, {"state": records.RUNNING, "attempt": attempt, "supervisor": me, "command": me,
                                  "started_at": 1.0, "message": "running"})
     return job_dir
 
@@ -70,7 +70,7 @@ def test_only_the_running_attempt_is_written(jobs_home):
     job_dir = running_job(jobs_home, attempt=2)
     reporting.JobProgressReporter(job_dir, attempt=1)(ProgressUpdate("epoch 1/1", 1, 2, overall=0.5))
     assert jobs.get_job(job_dir.name).progress is None  # an earlier attempt's command, outliving it
-    store.update_status(job_dir, lambda status: {**status, "state": store.CANCELLED})
+    store.update_status(job_dir, lambda status: {**status, "state": records.CANCELLED})
     reporting.JobProgressReporter(job_dir, attempt=2)(ProgressUpdate("epoch 1/1", 1, 2, overall=0.5))
     assert jobs.get_job(job_dir.name).progress is None  # ended: its status is final
 

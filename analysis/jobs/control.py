@@ -15,10 +15,11 @@ from pathlib import Path
 
 import analysis
 from analysis.errors import InvalidInputError
-from analysis.jobs import store
+from analysis.jobs import records, store
 from analysis.jobs.owners import validate_owner
 from analysis.jobs.process import is_alive, process_token, signal_group
-from analysis.jobs.store import Job, JobStateError
+from analysis.jobs.records import Job
+from analysis.jobs.store import JobStateError
 from analysis.jobs.supervisor import DEFAULT_KILL_TIMEOUT_S, command_argv
 from analysis.runs import read_run_metrics
 from analysis.utils.fileio import atomic_write_json
@@ -84,7 +85,7 @@ def out_dir_of(args: list[str], cwd: Path) -> str | None:
 
 def _queued_status(attempt: int, max_jobs: int, history: list[dict], message: str) -> dict:
     return {
-        "state": store.QUEUED, "queued_at": time.time(), "queued_ns": time.time_ns(), "attempt": attempt,
+        "state": records.QUEUED, "queued_at": time.time(), "queued_ns": time.time_ns(), "attempt": attempt,
         "max_jobs": max_jobs, "history": history, "message": message, "started_at": None, "ended_at": None,
         "heartbeat_at": None, "exit_code": None, "pid": None, "supervisor_pid": None, "command": None,
         "supervisor": None, "cancel_requested": False,
@@ -122,9 +123,9 @@ def _launch_supervisor(job_dir: Path, home: Path) -> None:
         return
 
     def change(status: dict) -> dict | None:
-        if status["state"] != store.QUEUED or is_alive(status.get("supervisor")):
+        if status["state"] != records.QUEUED or is_alive(status.get("supervisor")):
             return None
-        status.update(state=store.FAILED, ended_at=time.time(), message=f"failed: {problem}; see the log")
+        status.update(state=records.FAILED, ended_at=time.time(), message=f"failed: {problem}; see the log")
         return status
 
     store.update_status(job_dir, change)
@@ -187,7 +188,7 @@ def list_jobs(*, home: str | os.PathLike | None = None) -> list[Job]:
 
 
 def _usable(job: Job) -> Job:
-    if job.state == store.CORRUPT:
+    if job.state == records.CORRUPT:
         raise JobStateError(f"job {job.id} cannot be read: {job.message}")
     return job
 
@@ -205,18 +206,19 @@ def cancel(job_id: str, *, kill_timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
 
     def change(status: dict) -> dict | None:
         seen.update(status)
-        if status["state"] == store.QUEUED:
-            status.update(state=store.CANCELLED, ended_at=time.time(), message="cancelled before it started")
+        if status["state"] == records.QUEUED:
+            status.update(state=records.CANCELLED, ended_at=time.time(), message="cancelled before it started")
             return status
-        if status["state"] == store.RUNNING:
+        if status["state"] == records.RUNNING:
             status.update(cancel_requested=True, kill_timeout_s=float(kill_timeout_s), message="cancel requested")
             return status
         return None
 
     status = store.update_status(job_dir, change)
-    if seen["state"] not in store.ACTIVE_STATES:
+    if seen["state"] not in records.ACTIVE_STATES:
         raise JobStateError(f"job {job_id} already ended ({seen['state']}); nothing to cancel")
-    if status["state"] == store.RUNNING and not is_alive(status.get("supervisor")) and is_alive(status.get("command")):
+    orphaned = not is_alive(status.get("supervisor")) and is_alive(status.get("command"))
+    if status["state"] == records.RUNNING and orphaned:
         _stop_orphaned_command(job_dir, status["command"], kill_timeout_s)
     return get_job(job_id, home=home)
 
@@ -230,9 +232,9 @@ def _stop_orphaned_command(job_dir: Path, command: dict, kill_timeout_s: float) 
     signal_group(command, signal.SIGKILL)
 
     def change(status: dict) -> dict | None:
-        if status["state"] != store.RUNNING:
+        if status["state"] != records.RUNNING:
             return None
-        status.update(state=store.CANCELLED, ended_at=time.time(), message="cancelled (its supervisor was gone)")
+        status.update(state=records.CANCELLED, ended_at=time.time(), message="cancelled (its supervisor was gone)")
         return status
 
     store.update_status(job_dir, change)
@@ -255,7 +257,7 @@ def resume(job_id: str, *, max_jobs: int | None = None, home: str | os.PathLike 
     applied = []
 
     def change(status: dict) -> dict | None:
-        if status["state"] not in store.RESUMABLE_STATES:
+        if status["state"] not in records.RESUMABLE_STATES:
             return None
         applied.append(True)
         kept = ("attempt", "state", "started_at", "ended_at", "exit_code", "message")

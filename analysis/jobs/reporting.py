@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from analysis.errors import DynapruneError
-from analysis.jobs import store
+from analysis.jobs import records, store
 from analysis.utils.progress import ProgressUpdate
 
 # The dashboard polls every 2 s; a report every few seconds keeps it moving without making the
@@ -65,7 +65,7 @@ class JobProgressReporter:
         if self._last_report is not None and now - self._last_report < self.interval_s and not task_done:
             return
         self._last_report = now
-        progress = store.JobProgress(fraction=fraction, task=update.task, done=update.done, total=update.total,
+        progress = records.JobProgress(fraction=fraction, task=update.task, done=update.done, total=update.total,
                                      detail=update.detail, remaining_s=remaining_seconds(self._first, (now, fraction)),
                                      updated_at=time.time())
         try:

@@ -32,19 +32,17 @@ from typing import Any
 
 from analysis.errors import DynapruneError, InvalidInputError
 from analysis.jobs.process import is_alive, liveness_is_verifiable
-from analysis.jobs.records import (  # noqa: F401  (the states are read as store.RUNNING and so on)
+from analysis.jobs.records import (
     ACTIVE_STATES,
     CANCELLED,
     CORRUPT,
     FAILED,
     LOST,
     QUEUED,
-    RESUMABLE_STATES,
     RUNNING,
     STATES,
     SUCCEEDED,
     Job,
-    JobProgress,
     job_from_files,
     plausible_time,
     token_pid,

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.jobs import store
+from analysis.jobs import records, store
 from analysis.jobs.process import process_token, signal_group, signal_name
 from analysis.jobs.reporting import JOB_ATTEMPT_ENV_VAR, JOB_ID_ENV_VAR
 
@@ -59,7 +59,7 @@ def _first_in_queue(home: Path, job_id: str) -> bool:
             status = store.read_status(job_dir)
         except store.CorruptJobError:
             continue
-        if status["state"] != store.QUEUED or store.loss_reason(status) is not None:
+        if status["state"] != records.QUEUED or store.loss_reason(status) is not None:
             continue
         queued_ns = status.get("queued_ns")
         waiting.append((queued_ns if isinstance(queued_ns, int) else 0, job_dir.name))
@@ -86,9 +86,9 @@ def _try_slot(home: Path, max_jobs: int) -> int | None:
 
 def _mark_cancelled_while_queued(job_dir: Path) -> None:
     def change(status: dict) -> dict | None:
-        if status["state"] != store.QUEUED:
+        if status["state"] != records.QUEUED:
             return None
-        status.update(state=store.CANCELLED, ended_at=time.time(), message="cancelled before it started")
+        status.update(state=records.CANCELLED, ended_at=time.time(), message="cancelled before it started")
         return status
 
     store.update_status(job_dir, change)
@@ -102,11 +102,11 @@ def _wait_for_slot(job_dir: Path, home: Path, max_jobs: int, cancel: _CancelSign
             _mark_cancelled_while_queued(job_dir)
             return None
         status = store.read_status(job_dir)
-        if status["state"] != store.QUEUED:
+        if status["state"] != records.QUEUED:
             return None
         now = time.time()
         if now - last_heartbeat >= store.HEARTBEAT_INTERVAL_S:
-            _heartbeat(job_dir, expected_state=store.QUEUED)
+            _heartbeat(job_dir, expected_state=records.QUEUED)
             last_heartbeat = now
         slot = _try_slot(home, max_jobs)
         if slot is not None:
@@ -123,12 +123,12 @@ def _wait_for_slot(job_dir: Path, home: Path, max_jobs: int, cancel: _CancelSign
 
 def _mark_running(job_dir: Path) -> bool:
     def change(status: dict) -> dict | None:
-        if status["state"] != store.QUEUED:
+        if status["state"] != records.QUEUED:
             return None
-        status.update(state=store.RUNNING, started_at=time.time(), heartbeat_at=time.time(), message="starting")
+        status.update(state=records.RUNNING, started_at=time.time(), heartbeat_at=time.time(), message="starting")
         return status
 
-    return store.update_status(job_dir, change)["state"] == store.RUNNING
+    return store.update_status(job_dir, change)["state"] == records.RUNNING
 
 
 def _heartbeat(job_dir: Path, expected_state: str) -> None:
@@ -145,19 +145,19 @@ def _final_state(return_code: int, cancel_requested: bool) -> tuple[str, int, st
     """(state, exit code in shell convention, message) for a finished command."""
     exit_code = return_code if return_code >= 0 else 128 - return_code
     if return_code == 0:
-        return store.SUCCEEDED, 0, "finished"
+        return records.SUCCEEDED, 0, "finished"
     if cancel_requested:
-        return store.CANCELLED, exit_code, f"cancelled (exit code {exit_code})"
+        return records.CANCELLED, exit_code, f"cancelled (exit code {exit_code})"
     if return_code == -signal.SIGKILL:
-        return store.LOST, exit_code, ("lost: the command was killed (SIGKILL) without a final status; "
+        return records.LOST, exit_code, ("lost: the command was killed (SIGKILL) without a final status; "
                                        "resume it to continue")
     if return_code < 0:
-        return store.FAILED, exit_code, f"failed: killed by {signal_name(-return_code)}"
-    return store.FAILED, exit_code, f"failed with exit code {exit_code}; see the log"
+        return records.FAILED, exit_code, f"failed: killed by {signal_name(-return_code)}"
+    return records.FAILED, exit_code, f"failed with exit code {exit_code}; see the log"
 
 
 def _fail(job_dir: Path, message: str) -> None:
-    store.update_status(job_dir, lambda s: {**s, "state": store.FAILED, "ended_at": time.time(), "message": message})
+    store.update_status(job_dir, lambda s: {**s, "state": records.FAILED, "ended_at": time.time(), "message": message})
     _log(job_dir, message)
 
 
@@ -208,7 +208,7 @@ def _run_command(job_dir: Path, spec: dict, slot: int, cancel: _CancelSignal) ->
             signal_group(token, signal.SIGKILL)
             kill_sent = True
         if time.time() - last_heartbeat >= store.HEARTBEAT_INTERVAL_S:
-            _heartbeat(job_dir, expected_state=store.RUNNING)
+            _heartbeat(job_dir, expected_state=records.RUNNING)
             last_heartbeat = time.time()
 
     state, exit_code, message = _final_state(return_code, cancel_requested)
