@@ -10,6 +10,9 @@ A reference run is a folder that reads like any pruning run (analysis.runs.run_k
                                              each epoch, each stage's end, the final model's perplexities
     <root>/<corpus>/<trial>/reference.json   the row it is: name, seed, the command that reproduces it
 
+<corpus> is "ptb" or "synthetic" (benchmarks/results.py), or SOURCE_REPEATS: the PTB full method from
+other source models (benchmarks/criteria_study.py).
+
     export_reference_run("runs/results/ptb/trials/magnitude-50_seed-0", "docs/reference-runs/ptb",
                          row="magnitude-50", seed=0, command="dynaprune prune ...")
     for run in find_reference_runs(corpus="ptb"):
@@ -36,6 +39,11 @@ DEFAULT_REFERENCE_ROOT = PROJECT_ROOT / "docs" / "reference-runs"
 _PATH_KEYS = ("source", "source_model")
 # the rows a reader looks at first, at 50%: the default criterion, the default dynamics criterion, their
 # two baselines and the control
+# the full method at 50% from the other source models of docs/criteria.md (benchmarks/criteria_study.py
+# --full-method): the seed repeats of the PTB rows, one folder beside the corpora's; each row is
+# "<criterion>-50 from <source>"
+SOURCE_REPEATS = "ptb-sources"
+SOURCE_REPEAT_JOIN = " from "
 HEADLINE_ROWS = (f"{DEFAULT_CRITERION}-50", f"{DEFAULT_TRAJECTORY_CRITERION}-50", "magnitude-50", "random-50",
                  "control-0")
 
@@ -62,9 +70,10 @@ def finished_events(run_dir: str | Path) -> list[dict] | None:
 
 
 def export_reference_run(run_dir: str | Path, corpus_dir: str | Path, *, row: str, seed: int,
-                         command: str) -> Path:
+                         command: str, name: str | None = None) -> Path:
     """Copy a finished pruning run's description and metrics (never its weights) into
-    <corpus_dir>/<run folder name>/, replacing an earlier export of it; returns that folder."""
+    <corpus_dir>/<name>/ (default: the run's folder name), replacing an earlier export of it; returns
+    that folder."""
     run_dir = Path(run_dir)
     if run_kind(run_dir) != "pipeline":
         raise InvalidInputError(f"{run_dir} is not a pruning run (no {PIPELINE_FILE})")
@@ -75,7 +84,9 @@ def export_reference_run(run_dir: str | Path, corpus_dir: str | Path, *, row: st
     for key in _PATH_KEYS:
         if isinstance(description.get(key), str):
             description[key] = _project_relative(description[key])
-    dest = Path(corpus_dir) / run_dir.name
+    if name is not None and (not name or name.startswith(".") or Path(name).name != name):
+        raise InvalidInputError(f"an export's folder name must be a plain name; got {name!r}")
+    dest = Path(corpus_dir) / (run_dir.name if name is None else name)
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -18,7 +18,9 @@ trains missing sources (resumably, with `dynaprune train`) into --work-dir/sourc
 Every result is appended to --work-dir/zero_shot.jsonl as soon as it is measured; rows already
 there are not measured again, so an interrupted study continues where it stopped. `--full-method`
 then runs the whole method (`dynaprune prune` at 50%, 3 stages of 1 epoch) from each source with
-each named criterion into --work-dir/full/, resuming unfinished runs.
+each named criterion into --work-dir/full/, resuming unfinished runs, and exports each finished run
+from a held-out source to docs/reference-runs/ptb-sources/ (benchmarks/results.py reports them as the
+seed repeats of the PTB table's 50% rows).
 """
 from __future__ import annotations
 
@@ -45,6 +47,12 @@ from analysis.lm.corpora import load_corpus  # noqa: E402
 from analysis.lm.evaluation import evaluate, perplexity  # noqa: E402
 from analysis.lm.model import load_model  # noqa: E402
 from analysis.pruning.surgery import prune_units  # noqa: E402
+from analysis.reference_runs import (  # noqa: E402
+    DEFAULT_REFERENCE_ROOT,
+    SOURCE_REPEAT_JOIN,
+    SOURCE_REPEATS,
+    export_reference_run,
+)
 from analysis.runs import read_run_metrics  # noqa: E402
 from analysis.trajectories.trajectory import load_trajectory  # noqa: E402
 
@@ -123,17 +131,33 @@ def full_method_dir(work_dir: Path, source: Source, criterion: str, ratio: float
     return work_dir / "full" / source.name / f"{criterion}-{round(ratio * 100)}-seed0"
 
 
-def run_full_method(work_dir: Path, source: Source, criterion: str, ratio: float, threads: int) -> dict | None:
+def run_full_method(work_dir: Path, source: Source, criterion: str, ratio: float, threads: int,
+                    reference_dir: Path | None) -> dict | None:
     """The full method (3 stages, 1 epoch each, distillation and DA-L2: `dynaprune prune`'s defaults)
-    from one source; resumable, so a run cut short continues where it stopped."""
+    from one source; resumable, so a run cut short continues where it stopped. A finished run of a
+    held-out source is exported (description and metrics, no weights) to
+    <reference_dir>/SOURCE_REPEATS/, where benchmarks/results.py and the Compare page read it."""
     out = full_method_dir(work_dir, source, criterion, ratio)
+    arguments = ["prune", "--from", _shown(source.path), "--out", _shown(out), "--ratio", str(ratio),
+                 "--criterion", criterion, "--epochs-per-stage", "1", "--seed", "0"]
     if not _final_event(out):
-        command = [sys.executable, "-m", "analysis.cli", "prune", "--from", str(source.path), "--out", str(out),
-                   "--ratio", str(ratio), "--criterion", criterion, "--epochs-per-stage", "1", "--seed", "0",
-                   "--threads", str(threads), "--no-progress"]
-        print("pruning:", " ".join(command[3:]), flush=True)
+        command = [sys.executable, "-m", "analysis.cli", *arguments, "--threads", str(threads), "--no-progress"]
+        print("pruning: dynaprune", " ".join(command[3:]), flush=True)
         subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "DYNAPRUNE_PTB_DIR": _ptb_dir()})
-    return _final_event(out)
+    final = _final_event(out)
+    if final and reference_dir is not None and source.role == "held-out":
+        row = f"{criterion}-{round(ratio * 100)}{SOURCE_REPEAT_JOIN}{source.name}"
+        dest = export_reference_run(out, reference_dir / SOURCE_REPEATS, row=row, seed=0,
+                                    command="dynaprune " + " ".join(arguments),
+                                    name=f"{source.name}_{criterion}-{round(ratio * 100)}_seed-0")
+        print(f"exported to {_shown(dest)}", flush=True)
+    return final
+
+
+def _shown(path: Path) -> str:
+    """A path as the project names it, where it lies inside the project."""
+    path = Path(path).absolute()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _final_event(run_dir: Path) -> dict | None:
@@ -193,6 +217,8 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--train", action="store_true", help="train missing held-out sources first")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reference-dir", type=Path, default=DEFAULT_REFERENCE_ROOT,
+                        help=f"where finished full-method runs are exported (into {SOURCE_REPEATS}/)")
     parser.add_argument("--report", type=Path, help="write the tables (Markdown) here")
     parser.add_argument("--full-method", nargs="*", metavar="CRITERION",
                         help="also run the full method at 50%% from each chosen source with these criteria "
@@ -216,7 +242,7 @@ def main() -> None:
         for source in chosen:
             if is_trained(source):
                 for criterion in full_criteria:
-                    run_full_method(args.work_dir, source, criterion, 0.5, args.threads)
+                    run_full_method(args.work_dir, source, criterion, 0.5, args.threads, args.reference_dir)
     text = report(results_path, args.variants, args.ratios)
     if full_criteria:
         text += "\n" + full_method_report(args.work_dir, full_criteria, 0.5)

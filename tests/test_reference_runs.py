@@ -128,3 +128,35 @@ def test_the_results_specs_name_every_documented_row_once():
         assert {f"{c}-{r}" for c in results.COMPARED for r in results.RATIOS} <= set(rows)
         assert "control-0" in rows
     assert results.SPECS["ptb"].is_relative_to(REPO_ROOT)
+
+
+def test_the_full_method_from_other_sources_is_exported_apart_and_reported_source_by_source(finished_run, tmp_path):
+    from analysis.reference_runs import SOURCE_REPEATS
+    from analysis.utils.fileio import atomic_write_text
+
+    reference = tmp_path / "reference-runs"
+    tests = {("src-a", "magnitude"): 100.0, ("src-a", "taylor-iterative"): 98.0,
+             ("src-b", "magnitude"): 120.0, ("src-b", "taylor-iterative"): 117.0,
+             ("src-a", "dynamics-greedy"): 100.5, ("src-b", "dynamics-greedy"): 119.0}
+    for (source, criterion), test_ppl in tests.items():
+        dest = export_reference_run(finished_run, reference / SOURCE_REPEATS, row=f"{criterion}-50 from {source}",
+                                    seed=0, command=f"dynaprune prune --from {source} --criterion {criterion}",
+                                    name=f"{source}_{criterion}-50_seed-0")
+        events = [{**e, "test_ppl": test_ppl} if e.get("event") == "final" else e for e in read_run_metrics(dest)]
+        atomic_write_text(dest / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in events))
+    assert len(find_reference_runs(reference, SOURCE_REPEATS)) == 6  # one folder per source and criterion
+    with pytest.raises(InvalidInputError, match="plain name"):
+        export_reference_run(finished_run, reference / SOURCE_REPEATS, row="r", seed=0, command="c", name="../x")
+
+    results = load_results_module()
+    output = tmp_path / "results.md"
+    assert results.main(["--document-only", "--reference-dir", str(reference), "--output", str(output)]) == 0
+    document = output.read_text()
+    section = document[document.index("## Penn Treebank, seed repeats"):document.index("## Synthetic")]
+    assert "| source | unpruned | magnitude | dynamics-greedy | taylor-iterative |" in section
+    assert "| ptb-small" not in section  # no PTB table here to compare with
+    assert "| src-a |" in section and "98.00 (-2.00%)" in section and "117.00 (-2.50%)" in section
+    assert "- taylor-iterative: 2 source(s), mean -2.25%, from -2.50% to -2.00%: better on every source" in section
+    assert "- dynamics-greedy: 2 source(s), mean -0.17%, from -0.83% to +0.50%: no consistent difference" in section
+    assert "dynaprune prune --from src-b --criterion taylor-iterative" in section
+    assert "PTB seed repeats at 50%, taylor-iterative: 2 source(s)" in document  # in the summary too
