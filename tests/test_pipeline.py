@@ -491,6 +491,8 @@ def test_a_measured_cut_is_the_pipelines_choice_and_leaves_the_model_alone(sourc
         measured_cut(teacher, {"rnns.7.l0": 0.5}, "taylor", corpus.train)
     with pytest.raises(InvalidInputError, match="unknown criterion"):
         measured_cut(teacher, ratios, "largest-first", corpus.train)
+    with pytest.raises(InvalidInputError, match="ratio must be in"):
+        measured_cut(teacher, {"rnns.0.l0": "half"}, "taylor", corpus.train)
     # a dynamics criterion reads the trajectory; nothing is measured, so the importance is the final norm
     greedy = measured_cut(teacher, ratios, "dynamics-greedy", None, trajectory_dir=source_run)
     assert greedy.importance_source == "final-norm"

@@ -300,7 +300,7 @@ def measured_cut(model: RNNLanguageModel, ratios: Mapping[str, float], criterion
     unknown = sorted(set(ratios) - set(sizes))
     if unknown:
         raise InvalidInputError(f"ratios name unknown layer(s) {unknown}; the model's layers are {sorted(sizes)}")
-    target = {layer: size - units_to_prune(size, float(ratios.get(layer, 0.0))) for layer, size in sizes.items()}
+    target = {layer: size - units_to_prune(size, ratios.get(layer, 0.0)) for layer, size in sizes.items()}
     config = replace(PipelineConfig(), criterion=criterion, lds_order=lds_order, horizon=horizon, seed=seed).validate()
     return trace_unit_choice(copy.deepcopy(model), None if trajectory_dir is None else Path(trajectory_dir),
                              target, config, stage=0, calibration_tokens=calibration_tokens)
