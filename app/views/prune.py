@@ -134,6 +134,9 @@ def show_why_measured(layer: str, layer_plan, criterion: str, choice) -> None:
     again = (f" {criterion} measures again after each of its {chunks} chunks, on the model cut so far, so a unit "
              "that looked weak is kept once the units that covered for it are gone, and the reverse."
              if chunks > 1 else "")
+    if CRITERIA[criterion].needs_distances:
+        again += (f" {criterion} weighs each importance by the unit's dynamics distance to its nearest kept unit, "
+                  "as dynamics-greedy does, so a weak unit with no near twin may stay.")
     left.caption("Each unit by how much the loss depends on it (Taylor importance: |gradient x activation| on "
                  "training batches) against the size of its weights. magnitude removes from the left; the Taylor "
                  "criteria remove from the bottom: large weights need not matter to the loss." + again)
